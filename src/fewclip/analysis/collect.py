@@ -1,0 +1,155 @@
+"""Run directories → one tidy table (one row per metrics.json), missing cells, consistency checks."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import FewclipError
+from ..grid import expand_grid
+
+# Run directory layout (fewclip.grid.run_dir): {protocol}/{backbone}/{dataset}/{method}/{K}shot/seed{S}
+CELL_GLOB = os.path.join("*", "*", "*", "*", "*shot", "seed*")
+NESTED = ("hparams", "provenance")
+# Fields that must agree inside one table (protocol, backbone_key, shots): a table mixing them
+# would compare numbers that were not produced under the same conditions.
+TABLE_INVARIANTS = ("preset", "backbone", "pretrained")
+
+
+def find_metrics(runs: str | os.PathLike) -> list[Path]:
+    """Every finished metrics.json below `runs` (cell level and eval_* level), sorted."""
+    root = str(runs)
+    cells = glob.glob(os.path.join(glob.escape(root), CELL_GLOB, "metrics.json"))
+    evals = glob.glob(os.path.join(glob.escape(root), CELL_GLOB, "eval_*", "metrics.json"))
+    return sorted(Path(p) for p in cells + evals)
+
+
+def _row(path: Path, runs: Path) -> dict:
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise FewclipError(f"cannot read {path} ({err}); delete the run directory and rerun that cell") from err
+    rel = path.parent.relative_to(runs)
+    is_eval = rel.name.startswith("eval_")
+    cell = rel.parent if is_eval else rel
+    protocol, backbone_key, dataset, method, shots, seed = cell.parts
+    row = {
+        "protocol": protocol,
+        "backbone_key": backbone_key,
+        "dataset": dataset,
+        "method": method,
+        "shots": int(shots.removesuffix("shot")),
+        "seed": int(seed.removeprefix("seed")),
+    }
+    for key, value in metrics.items():
+        if key in NESTED and isinstance(value, dict):
+            for sub, subval in value.items():
+                row[f"{key}.{sub}"] = subval
+        else:
+            row[key] = value
+    row["eval"] = rel.name.removeprefix("eval_") if is_eval else None
+    row["is_cell"] = not is_eval
+    row["run_dir"] = cell.as_posix()
+    row["metrics_dir"] = rel.as_posix()
+    row["has_predictions"] = (path.parent / "predictions.parquet").is_file()
+    return row
+
+
+def collect_runs(runs: str | os.PathLike) -> pd.DataFrame:
+    """One row per metrics.json below `runs`; hparams/provenance flattened as `hparams.x`, `provenance.x`."""
+    runs = Path(runs)
+    if not runs.is_dir():
+        raise FewclipError(f"runs directory not found: {runs}; pass --runs the folder that holds <protocol>/ run trees")
+    rows = [_row(p, runs) for p in find_metrics(runs)]
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    if "eval_split" not in df:
+        df["eval_split"] = "test"
+    df["eval_split"] = df["eval_split"].fillna("test")
+    if "eval_dataset" not in df:
+        df["eval_dataset"] = df["dataset"]
+    df["eval_dataset"] = df["eval_dataset"].fillna(df["dataset"])
+    if "top1" in df:
+        df["top1"] = pd.to_numeric(df["top1"], errors="coerce")
+    return _parquet_safe(df)
+
+
+def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """Columns holding dicts/lists or mixed types become JSON strings (parquet needs one type per column)."""
+    for col in df.columns:
+        if df[col].dtype != object:
+            continue
+        kinds = {type(v) for v in df[col] if v is not None and not (isinstance(v, float) and pd.isna(v))}
+        if len(kinds) > 1 or kinds & {dict, list, tuple}:
+            df[col] = [None if v is None else json.dumps(v, sort_keys=True) for v in df[col]]
+    return df
+
+
+def check_consistency(df: pd.DataFrame) -> None:
+    """Refuse tables that mix presets/backbones/weights, or methods trained on different support sets."""
+    if df.empty:
+        return
+    for field in TABLE_INVARIANTS:
+        if field in df:
+            _refuse_mixed(df, ["protocol", "backbone_key", "shots"], field)
+    if "provenance.manifest_sha256" in df:
+        cells = df[df["is_cell"] & df["provenance.manifest_sha256"].notna()]
+        _refuse_mixed(cells, ["protocol", "dataset", "shots", "seed"], "provenance.manifest_sha256")
+
+
+def _refuse_mixed(df: pd.DataFrame, keys: list[str], field: str) -> None:
+    sub = df[df[field].notna()]
+    counts = sub.groupby(keys)[field].nunique()
+    bad = counts[counts > 1]
+    if bad.empty:
+        return
+    group = bad.index[0]
+    mask = (sub[keys] == pd.Series(group, index=keys)).all(axis=1)
+    examples = []
+    for value, rows in sub[mask].groupby(field):
+        dirs = ", ".join(rows["metrics_dir"].head(3))
+        examples.append(f"{field}={value!r} in {dirs}")
+    where = ", ".join(f"{k}={v}" for k, v in zip(keys, group))
+    raise FewclipError(
+        f"runs of one table differ in {field} ({where}): " + "; ".join(examples)
+        + f". Rerun the odd cells with the same {field}, or move them to another results folder"
+    )
+
+
+def missing_cells(config: dict, runs: str | os.PathLike) -> pd.DataFrame:
+    """The grid's metrics.json files that do not exist yet: 'unfinished' if the run dir exists, else 'not run'."""
+    runs = Path(runs)
+    rows = []
+    for cell in expand_grid(config):
+        cell_dir = runs / Path(cell.run_dir).relative_to("results/runs")
+        targets = [(None, cell_dir)] + [(t, cell_dir / f"eval_{t}") for t in cell.evals]
+        for target, folder in targets:
+            if (folder / "metrics.json").is_file():
+                continue
+            rows.append(
+                {
+                    "protocol": cell.protocol,
+                    "backbone_key": cell.backbone,
+                    "dataset": cell.dataset,
+                    "method": cell.method,
+                    "shots": cell.shots,
+                    "seed": cell.seed,
+                    "eval": target,
+                    "status": "unfinished" if folder.is_dir() else "not run",
+                    "path": (folder / "metrics.json").as_posix(),
+                }
+            )
+    columns = ["protocol", "backbone_key", "dataset", "method", "shots", "seed", "eval", "status", "path"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def load_table(path: str | os.PathLike) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise FewclipError(f"collected table not found: {path}; run `fewclip collect` first")
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)

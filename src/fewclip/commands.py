@@ -1,0 +1,174 @@
+"""The core verbs: doctor, split, encode, run, methods. Each is a thin wrapper over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("doctor", help="check which datasets under a data root are ready")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--dataset", action="append", help="only this dataset (repeatable); default: all 15")
+    p.add_argument("--json", action="store_true", help="print one JSON object keyed by dataset")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("methods", help="list the registered methods")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("split", help="write the few-shot manifest of one (dataset, K, seed)")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--shots", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--preset", default="clean", choices=["clean", "official"])
+    p.add_argument("--out", required=True, help="manifest JSON path")
+    p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("encode", help="fill the feature store of one (backbone, dataset)")
+    _backbone_args(p)
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--manifests", nargs="*", default=[], help="manifests whose images to encode (+ views)")
+    p.add_argument("--views", type=int, default=10, help="augmented views per few-shot train image")
+    p.add_argument("--templates", nargs="*", default=["dataset", "ensemble7"])
+    p.add_argument("--out", required=True, help="the store folder: results/features/{backbone}/{dataset}")
+    p.add_argument("--workers", type=int, default=0)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("run", help="run one grid cell (fit + evaluate) into a run directory")
+    _backbone_args(p)
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--method", required=True)
+    p.add_argument("--shots", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--preset", default="clean", choices=["clean", "official"])
+    p.add_argument("--protocol", default="fewshot", choices=["fewshot", "base2new", "dg"])
+    p.add_argument("--eval", dest="evals", nargs="*", default=[], help="DG target datasets (--protocol dg)")
+    p.add_argument("--manifest", help="few-shot manifest (from `fewclip split`); sampled here if absent")
+    p.add_argument("--features", help="feature-store root (default results/features)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a hyper-parameter of the method (repeatable), e.g. --set epochs=1")
+    p.add_argument("--config-hash", default="")
+    p.add_argument("--workers", type=int, default=0)
+    p.set_defaults(func=cmd_run)
+
+
+def _backbone_args(p) -> None:
+    p.add_argument("--backbone", required=True, help="open_clip model name, e.g. RN50, ViT-B-16, fewclip-tiny-vit")
+    p.add_argument("--backbone-key", help="name used in paths (default: the model name)")
+    p.add_argument("--pretrained", default="openai", help="open_clip tag, a checkpoint file, or none")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+
+
+def cmd_doctor(args) -> int:
+    from .data.datasets import DATASETS, check_dataset, get_spec
+
+    names = args.dataset or list(DATASETS)
+    for n in names:
+        get_spec(n)
+    report = {n: check_dataset(n, args.data_root) for n in names}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"data root: {Path(args.data_root).resolve()}")
+        for n, r in report.items():
+            sizes = "" if r["status"] == "missing" else f"  classes={r['classes']} train={r['train']} val={r['val']} test={r['test']}"
+            print(f"{n:16s} {r['status']:8s}{sizes}")
+            for problem in r["problems"]:
+                print(f"    - {problem}")
+    return 0 if all(r["status"] == "ok" for r in report.values()) else 1
+
+
+def cmd_methods(args) -> int:
+    from .methods import load_all
+
+    methods = load_all()
+    rows = {n: {"needs": c.needs, "trains": c.trains, "hparams": c.hparams, "presets": c.presets,
+                "doc": (c.__doc__ or sys.modules[c.__module__].__doc__ or "").strip().splitlines()[0]}
+            for n, c in sorted(methods.items())}
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        for n, r in rows.items():
+            print(f"{n:16s} {r['needs']:9s} {r['doc']}")
+    return 0
+
+
+def cmd_split(args) -> int:
+    from .data.datasets import load_dataset
+    from .data.fewshot import make_manifest, write_manifest
+
+    ds = load_dataset(args.dataset, args.data_root)
+    write_manifest(args.out, make_manifest(ds, args.shots, args.seed, args.preset))
+    return 0
+
+
+def cmd_encode(args) -> int:
+    from .data.datasets import Item, load_dataset
+    from .data.fewshot import read_manifest
+    from .engine.features import FeatureStore
+    from .engine.run import _device
+    from .io import write_json
+    from .models.backbone import load_backbone
+
+    ds = load_dataset(args.dataset, args.data_root)
+    backbone = load_backbone(args.backbone, args.pretrained, _device(args.device))
+    store = FeatureStore(Path(args.out), ds, lambda: backbone, args.workers)
+    for t in args.templates:
+        store.text(t)
+    store.test()
+    train, every = [], []
+    for path in args.manifests:
+        m = read_manifest(path)
+        if m["dataset"] != ds.name:
+            raise ConfigError(f"manifest {path} is for {m['dataset']}, not {ds.name}")
+        t = [Item(p, lab, ds.classnames[lab]) for p, lab in m["train"]]
+        train += t
+        every += t + [Item(p, lab, ds.classnames[lab]) for p, lab in m["val"]]
+    if every:
+        store.fewshot(every)
+    if train and args.views:
+        store.views(train, args.views)
+    write_json(Path(args.out).parent / "backbone.json",
+               {"model": args.backbone, "pretrained": backbone.pretrained, "sha256": backbone.sha256})
+    print(f"{ds.name}: {store.images_encoded} image encodings written to {args.out}")
+    return 0
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects KEY=VALUE, got '{pair}'")
+        key, value = pair.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {pair}: value is not valid YAML ({err})") from err
+    return out
+
+
+def cmd_run(args) -> int:
+    from .engine.run import RunSpec, run_cell
+
+    spec = RunSpec(
+        data_root=args.data_root, dataset=args.dataset, method=args.method, backbone=args.backbone,
+        backbone_key=args.backbone_key, pretrained=args.pretrained, out=args.out, shots=args.shots,
+        seed=args.seed, preset=args.preset, overrides=parse_overrides(args.overrides), device=args.device,
+        protocol=args.protocol, evals=args.evals, manifest=args.manifest, features=args.features,
+        config_hash=args.config_hash, workers=args.workers,
+    )
+    m = run_cell(spec)
+    top1 = "n/a" if m["top1"] is None else f"{m['top1']:.2f}"
+    print(f"{m['method']} {m['dataset']} {m['shots']}-shot seed {m['seed']}: top1 {top1}  → {args.out}")
+    return 0

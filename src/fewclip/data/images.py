@@ -1,0 +1,41 @@
+"""Image decoding: every file becomes an 8-bit RGB PIL image, or a DataError naming the file."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DataError
+
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Fully decode `path` (so truncation is detected) and return it as RGB.
+
+    Alpha is dropped as CLIP's own `convert("RGB")` does; palette images go through RGBA so
+    their transparency is handled; 16/32-bit integer greyscale is scaled (not clipped) to 8 bits.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return _to_rgb(img)
+    except _DECODE_ERRORS as err:
+        reason = str(err) or type(err).__name__
+        raise DataError(
+            f"cannot read image {path}: {reason}; re-copy the file or remove it from the split"
+        ) from err
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img.copy()
+    if img.mode.startswith("I"):  # I;16, I;16B, I;16L, I (16-bit PNGs may open as I)
+        arr = np.asarray(img).astype(np.float64)
+        arr = np.clip(np.rint(arr * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr).convert("RGB")  # uint8 2-D -> L
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    return img.convert("RGB")

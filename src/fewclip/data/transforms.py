@@ -1,0 +1,34 @@
+"""CLIP preprocessing (SPEC §1): test = resize shorter side + center crop; train = random
+resized crop + horizontal flip; Tip-Adapter's cache views use crop scale 0.5–1."""
+
+from __future__ import annotations
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def test_transform(size: int):
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(size),
+        T.ToTensor(),
+        T.Normalize(CLIP_MEAN, CLIP_STD),
+    ])
+
+
+def train_transform(size: int, scale: tuple[float, float] = (0.08, 1.0)):
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=scale, interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        T.Normalize(CLIP_MEAN, CLIP_STD),
+    ])
+
+
+def view_transform(size: int):
+    """Augmented views of the few-shot train images (Tip-Adapter's cache, feature-level training)."""
+    return train_transform(size, scale=(0.5, 1.0))

@@ -1,0 +1,1 @@
+"""The engine: feature store, training loop, evaluation and the run directory."""

@@ -1,0 +1,376 @@
+"""One grid cell: manifest → inputs (stored features or images) → fit → predictions → metrics.json.
+
+The run directory (DESIGN.md) gets `predictions.parquet`, `checkpoint.pt` for methods with
+state, and `metrics.json` last: a directory without metrics.json is unfinished. Extra
+evaluations of the same fitted model (DG targets, base-to-new's new classes) go to
+`eval_{target}/` with the same two files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..data.datasets import Dataset, Item, base_new_split, get_spec, load_dataset
+from ..data.fewshot import base_new_manifest, make_manifest, read_manifest
+from ..errors import ConfigError, FewclipError
+from ..io import atomic_path, sha256_json, write_json
+from ..methods import ClassSet, Method, NotApplicable, get_method, resolve_hparams
+from .features import Features, FeatureStore
+from .train import TrainConfig, train
+
+PROTOCOLS = ("fewshot", "base2new", "dg")
+
+
+@dataclass
+class RunSpec:
+    data_root: str
+    dataset: str
+    method: str
+    backbone: str  # open_clip model name
+    out: str  # the run directory
+    shots: int
+    seed: int
+    pretrained: str = "openai"
+    backbone_key: str | None = None
+    preset: str = "clean"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    protocol: str = "fewshot"
+    evals: list[str] = field(default_factory=list)  # DG target datasets (protocol dg)
+    manifest: str | None = None  # a manifest written by `fewclip split`; sampled here when absent
+    features: str | None = None  # feature-store root; default: results/features
+    config_hash: str = ""
+    workers: int = 0
+
+    @property
+    def key(self) -> str:
+        return self.backbone_key or self.backbone
+
+
+# ------------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class FeatureTask:
+    """What a feature-level method sees. `test` is only set for the official preset's
+    selection on test data (Tip-Adapter), and says so in metrics.json."""
+
+    classes: ClassSet
+    train: Features  # [N, d]
+    views: Features | None  # [V, N, d]
+    val: Features
+    dataset: str
+    shots: int
+    seed: int
+    preset: str
+    hp: dict
+    device: torch.device
+    spec: Any
+    test: Features | None = None
+
+
+def _items(manifest: dict, split: str, ds: Dataset) -> list[Item]:
+    return [Item(p, int(lab), ds.classnames[int(lab)]) for p, lab in manifest[split]]
+
+
+class FeatureInputs:
+    def __init__(self, spec: RunSpec, ds: Dataset, backbone_fn, device):
+        root = Path(spec.features or "results/features") / spec.key
+        self.spec, self.device, self.backbone_fn = spec, device, backbone_fn
+        self.stores: dict[str, FeatureStore] = {}
+        self.root = root
+        self.store(ds)
+
+    def store(self, ds: Dataset) -> FeatureStore:
+        if ds.name not in self.stores:
+            self.stores[ds.name] = FeatureStore(self.root / ds.name, ds, self.backbone_fn, self.spec.workers)
+        return self.stores[ds.name]
+
+    def classes(self, ds: Dataset, template_set: str, labels=None) -> ClassSet:
+        text = self.store(ds).text(template_set)
+        cs = ClassSet(list(ds.classnames), text, torch.arange(len(ds.classnames)), ds.template)
+        return cs if labels is None else cs.subset(labels)
+
+    def test(self, ds: Dataset, labels=None) -> Features:
+        feats = self.store(ds).test()
+        if labels is None:
+            return feats
+        keep = torch.isin(feats.labels, torch.as_tensor(labels))
+        relabel = torch.full((int(feats.labels.max()) + 1,), -1, dtype=torch.long)
+        relabel[torch.as_tensor(labels)] = torch.arange(len(labels))
+        return Features([p for p, k in zip(feats.paths, keep.tolist()) if k], relabel[feats.labels[keep]],
+                        feats.features[keep])
+
+    def logits(self, method: Method, feats: Features, classes: ClassSet) -> torch.Tensor:
+        with torch.no_grad():
+            return method.logits(feats.features.to(self.device), _to(classes, self.device)).float().cpu()
+
+
+def _to(classes: ClassSet, device) -> ClassSet:
+    ti = None if classes.train_index is None else classes.train_index.to(device)
+    return ClassSet(classes.names, classes.text_features.to(device), ti, classes.template)
+
+
+def view_batches(task: FeatureTask, batch_size: int, seed: int):
+    """Each epoch: every few-shot image once, as one of its stored augmented views, shuffled."""
+    views = task.views.features
+    n_views, n = views.shape[0], views.shape[1]
+
+    def batches(epoch: int):
+        g = torch.Generator().manual_seed(seed * 100003 + epoch)
+        order = torch.randperm(n, generator=g)
+        pick = torch.randint(n_views, (n,), generator=g)
+        for i in range(0, n, batch_size):
+            idx = order[i : i + batch_size]
+            yield (views[pick[idx], idx].to(task.device), task.train.labels[idx].to(task.device))
+
+    return batches
+
+
+# ------------------------------------------------------------------------------- running
+
+
+def _provenance(spec: RunSpec, manifest: dict, backbone_sha: str, device: torch.device) -> dict:
+    import importlib.metadata as md
+
+    def version(pkg):
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+    return {
+        "fewclip_version": __version__,
+        "git_commit": _git_commit(),
+        "config_hash": spec.config_hash or sha256_json(_spec_identity(spec)),
+        "manifest_sha256": manifest["sha256"],
+        "backbone_sha256": backbone_sha,
+        "torch": torch.__version__,
+        "open_clip": version("open_clip_torch"),
+        "python": platform.python_version(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
+    }
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _spec_identity(spec: RunSpec) -> dict:
+    return {k: getattr(spec, k) for k in ("dataset", "method", "backbone", "pretrained", "shots", "seed",
+                                          "preset", "overrides", "protocol")}
+
+
+def _peak_mem_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _write_eval(out: Path, ds: Dataset, paths: list[str], labels: torch.Tensor, logits: torch.Tensor | None,
+                metrics: dict) -> dict:
+    import pandas as pd
+
+    if logits is None:
+        metrics.update(top1=None, n_test=len(paths))
+    else:
+        pred = logits.argmax(1)
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct = pred == labels
+        frame = pd.DataFrame({"path": paths, "label": labels.numpy(), "pred": pred.numpy(),
+                              "correct": correct.numpy(), "top5": [r for r in top5.numpy().tolist()]})
+        with atomic_path(out / "predictions.parquet") as tmp:
+            frame.to_parquet(tmp, index=False)
+        metrics.update(top1=100.0 * correct.float().mean().item() if len(paths) else 0.0, n_test=len(paths))
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def run_cell(spec: RunSpec) -> dict:
+    """Fit one method on one cell and evaluate it; returns the main metrics.json content."""
+    if spec.protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol '{spec.protocol}'; valid: {', '.join(PROTOCOLS)}")
+    cls = get_method(spec.method)
+    get_spec(spec.dataset)
+    for t in spec.evals:
+        get_spec(t)
+    hp = resolve_hparams(cls, spec.dataset, spec.shots, spec.preset, spec.overrides)
+    out = Path(spec.out)
+    device = _device(spec.device)
+    torch.manual_seed(spec.seed)
+
+    full = load_dataset(spec.dataset, spec.data_root)
+    manifest = read_manifest(spec.manifest) if spec.manifest else make_manifest(full, spec.shots, spec.seed, spec.preset)
+    if (manifest["dataset"], manifest["shots"], manifest["seed"]) != (spec.dataset, spec.shots, spec.seed):
+        raise ConfigError(f"manifest {spec.manifest} is for {manifest['dataset']} {manifest['shots']}-shot seed "
+                          f"{manifest['seed']}, not for this cell")
+    base_labels = None
+    ds = full
+    if spec.protocol == "base2new":
+        ds = base_new_split(full, "base")
+        manifest = base_new_manifest(manifest, len(full.classnames), "base")
+        base_labels = list(range(len(ds.classnames)))
+    n_base = len(ds.classnames)
+
+    backbone_info = {}
+
+    def backbone_fn():
+        from ..models.backbone import load_backbone
+
+        bb = load_backbone(spec.backbone, spec.pretrained, device)
+        backbone_info["sha256"] = bb.sha256
+        return bb
+
+    if cls.needs == "images":
+        from .images import ImageInputs  # the image path: prompt methods
+
+        inputs = ImageInputs(spec, full, backbone_fn, device)
+    else:
+        inputs = FeatureInputs(spec, full, backbone_fn, device)
+
+    template_set = hp.get("templates", "dataset")
+    train_items, val_items = _items(manifest, "train", ds), _items(manifest, "val", ds)
+    classes = inputs.classes(full, template_set, base_labels)
+
+    method = cls(hp).to(device)
+    t0 = time.perf_counter()
+    task = inputs.task(method, ds, classes, train_items, val_items, manifest, hp) if cls.needs == "images" \
+        else _feature_task(inputs, full, classes, train_items, val_items, spec, hp, device, base_labels)
+    info = dict(method.setup(task) or {})
+    train_stats = {}
+    if cls.trains:
+        cfg = train_config(hp, {"method": cls.name, "backbone": spec.backbone, "pretrained": spec.pretrained,
+                                "dataset": spec.dataset, "shots": spec.shots, "seed": spec.seed,
+                                "protocol": spec.protocol, "hp": sha256_json(hp)})
+        batches = inputs.batches(task, hp, spec.seed) if cls.needs == "images" \
+            else view_batches(task, int(hp["batch_size"]), spec.seed)
+        train_stats = train(method, batches, cfg, device, out / "train_state.pt",
+                            on_epoch_end=getattr(method, "epoch_end", None) and (lambda e: method.epoch_end(task, e)),
+                            desc=f"{cls.name} {spec.dataset} {spec.shots}-shot")
+    info.update(method.finish(task) or {})
+    train_seconds = time.perf_counter() - t0
+
+    # evaluate on the source test split
+    t1 = time.perf_counter()
+    test = inputs.test(full, base_labels)
+    logits = inputs.logits(method, test, classes)
+    eval_seconds = time.perf_counter() - t1
+
+    if any(p.requires_grad for p in method.parameters()) or len(method.state_dict()):
+        with atomic_path(out / "checkpoint.pt") as tmp:
+            torch.save({"method": cls.name, "backbone": spec.backbone, "pretrained": spec.pretrained,
+                        "hp": hp, "state": method.state_dict()}, tmp)
+    if "sha256" not in backbone_info:
+        backbone_info["sha256"] = _backbone_sha(spec)
+    base = {
+        "protocol": spec.protocol, "preset": spec.preset, "backbone": spec.backbone, "backbone_key": spec.key,
+        "pretrained": spec.pretrained, "dataset": spec.dataset, "method": cls.name, "shots": spec.shots,
+        "seed": spec.seed, "trainable_params": sum(p.numel() for p in method.parameters() if p.requires_grad),
+        "epochs": int(hp.get("epochs", 0)) if cls.trains else 0, "train_seconds": train_seconds,
+        "peak_mem_mb": _peak_mem_mb(device), "hparams": {**hp, **info}, "train": train_stats,
+        "short_classes": manifest.get("short_classes", {}), "val_is_test": manifest.get("val_is_test", False),
+        "provenance": _provenance(spec, manifest, backbone_info["sha256"], device), "status": "complete",
+    }
+
+    # extra evaluations first, the cell's own metrics.json last (it marks the cell finished)
+    for target in _eval_targets(spec):
+        t2 = time.perf_counter()
+        if target == "new":
+            new_labels = list(range(n_base, len(full.classnames)))
+            tcls = inputs.classes(full, template_set, new_labels)
+            tcls.train_index = None
+            tds, tfeats = full, inputs.test(full, new_labels)
+        else:
+            tds = load_dataset(target, spec.data_root)
+            tcls, tfeats = _dg_classes(inputs, tds, full, template_set), inputs.test(tds)
+        try:
+            tlogits = inputs.logits(method, tfeats, tcls)
+            na = None
+        except NotApplicable as why:
+            tlogits, na = None, str(why)
+        m = {**base, "eval_dataset": tds.name, "eval_split": "new" if target == "new" else "test",
+             "n_classes": len(tcls.names), "eval_seconds": time.perf_counter() - t2}
+        if na:
+            m["na_reason"] = na
+        _write_eval(out / f"eval_{target}", tds, tfeats.paths, tfeats.labels, tlogits, m)
+
+    metrics = {**base, "eval_dataset": spec.dataset, "eval_split": "base" if spec.protocol == "base2new" else "test",
+               "n_classes": n_base, "eval_seconds": eval_seconds}
+    (out / "train_state.pt").unlink(missing_ok=True)
+    return _write_eval(out, full, test.paths, test.labels, logits, metrics)
+
+
+def _eval_targets(spec: RunSpec) -> list[str]:
+    if spec.protocol == "base2new":
+        return ["new"]
+    if spec.protocol == "dg":
+        return list(spec.evals)
+    if spec.evals:
+        raise ConfigError("evaluation targets are for --protocol dg")
+    return []
+
+
+def _dg_classes(inputs, target: Dataset, source: Dataset, template_set: str) -> ClassSet:
+    """A DG target's classifier: the target's own class names (text side); class-specific heads
+    see where each target class sits among the source classes (A/R: their 200 ImageNet indices)."""
+    cls = inputs.classes(target, template_set)
+    if target.imagenet_index is not None:
+        cls.train_index = torch.tensor(target.imagenet_index, dtype=torch.long)
+    elif len(target.classnames) != len(source.classnames):
+        raise ConfigError(f"DG target {target.name} has {len(target.classnames)} classes, the source "
+                          f"{source.name} {len(source.classnames)}, and no index map between them")
+    return cls
+
+
+def _feature_task(inputs: FeatureInputs, full, classes, train_items, val_items, spec, hp, device, base_labels):
+    store = inputs.store(full)
+    relabel = None if base_labels is None else base_labels  # manifest labels are already relabelled
+    del relabel
+    train = store.fewshot([Item(it.path, it.label, it.classname) for it in train_items])
+    train.labels = torch.tensor([it.label for it in train_items])
+    val = store.fewshot(val_items) if val_items else Features([], torch.zeros(0, dtype=torch.long), train.features[:0])
+    val.labels = torch.tensor([it.label for it in val_items], dtype=torch.long)
+    n_views = int(hp.get("views", 0))
+    views = store.views(train_items, n_views) if n_views else None
+    if views is not None:
+        views.labels = train.labels
+    test = inputs.test(full, base_labels) if spec.preset == "official" and hp.get("select_on_test", False) else None
+    return FeatureTask(classes, train, views, val, spec.dataset, spec.shots, spec.seed, spec.preset, hp, device,
+                       get_spec(spec.dataset), test)
+
+
+def train_config(hp: dict, identity: dict) -> TrainConfig:
+    keys = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{k: hp[k] for k in keys if k in hp and k != "identity"}, identity=identity)
+
+
+def _backbone_sha(spec: RunSpec) -> str:
+    """The backbone identity without loading it: recorded by `fewclip encode` beside the features."""
+    path = Path(spec.features or "results/features") / spec.key / "backbone.json"
+    if path.is_file():
+        return json.loads(path.read_text())["sha256"]
+    return "unknown (features encoded without backbone.json)"
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return torch.device(name)

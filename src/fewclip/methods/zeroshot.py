@@ -1,0 +1,18 @@
+"""Zero-shot CLIP (SPEC §2): logits = s · f · Wᵀ with hand-crafted text features W."""
+
+from __future__ import annotations
+
+from ..models.backbone import LOGIT_SCALE
+from . import ClassSet, Method, register
+
+
+@register
+class ZeroShot(Method):
+    name = "zeroshot"
+    needs = "features"
+    # "dataset": the dataset's template (SPEC §4); "ensemble7": the 7-template ImageNet
+    # ensemble; "openai80": CLIP's 80 templates. Text features come from the feature store.
+    hparams = {"templates": "dataset"}
+
+    def logits(self, x, classes: ClassSet):
+        return LOGIT_SCALE * x @ classes.text_features.t()

@@ -1,0 +1,1 @@
+"""open_clip backbones, hand-crafted templates and the prompt-learning hooks."""

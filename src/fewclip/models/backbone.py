@@ -1,0 +1,141 @@
+"""Backbones through open_clip: a model name plus a pretrained tag, a local checkpoint, or `none`.
+
+`none` gives a random initialisation drawn under a fixed seed, so features of a random model
+are reproducible. The package's tiny models (`fewclip-tiny-vit`, `fewclip-tiny-rn`) are
+registered with open_clip on import of this module.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, FewclipError
+from ..io import sha256_file
+
+INIT_SEED = 0  # random-init backbones are drawn under this seed
+LOGIT_SCALE = 100.0  # SPEC §1: exp of OpenAI CLIP's learned temperature
+
+_registered = False
+
+
+def register_package_models() -> None:
+    """Make the package's model configs (fewclip-tiny-*) known to open_clip."""
+    global _registered
+    if _registered:
+        return
+    import open_clip
+
+    open_clip.add_model_config(Path(str(resources.files("fewclip.models") / "model_configs")))
+    _registered = True
+
+
+@dataclass
+class Backbone:
+    model: torch.nn.Module  # open_clip CLIP
+    name: str
+    pretrained: str
+    sha256: str  # checkpoint hash, or "random-init-seed0"
+    tokenizer: object
+    device: torch.device
+
+    @property
+    def image_size(self) -> int:
+        size = self.model.visual.image_size
+        return size[0] if isinstance(size, (tuple, list)) else int(size)
+
+    @property
+    def is_vit(self) -> bool:
+        return hasattr(self.model.visual, "transformer")
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.visual.output_dim)
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """L2-normalised text features, fp32 on the backbone's device."""
+        out = []
+        for i in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(texts[i : i + batch_size]).to(self.device)
+            out.append(self.model.encode_text(tokens).float())
+        feats = torch.cat(out)
+        return feats / feats.norm(dim=-1, keepdim=True)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        feats = self.model.encode_image(images.to(self.device)).float()
+        return feats / feats.norm(dim=-1, keepdim=True)
+
+
+def _is_openai_architecture(name: str) -> bool:
+    from open_clip.pretrained import get_pretrained_cfg
+
+    return bool(get_pretrained_cfg(name, "openai"))
+
+
+def load_backbone(name: str, pretrained: str = "openai", device: str | torch.device = "cpu",
+                  cache_dir: str | None = None) -> Backbone:
+    """Create an open_clip model in eval mode with its weights; errors are one clear message."""
+    register_package_models()
+    import open_clip
+
+    if name not in open_clip.list_models():
+        raise ConfigError(
+            f"unknown backbone '{name}'. Valid open_clip model names include: "
+            + ", ".join(m for m in open_clip.list_models() if m.startswith(("RN", "ViT-B", "ViT-L", "fewclip")))
+            + " (full list: python -c 'import open_clip; print(open_clip.list_models())')"
+        )
+    device = torch.device(device)
+    if pretrained in ("none", "", None):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(INIT_SEED)
+            model = open_clip.create_model(name, pretrained=None, device="cpu")
+        sha = f"random-init-seed{INIT_SEED}"
+        pretrained = "none"
+    elif os.path.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise FewclipError(f"checkpoint file not found: {path}; pass an existing file to --pretrained")
+        try:
+            model = open_clip.create_model(
+                name, pretrained=str(path), device="cpu", force_quick_gelu=_is_openai_architecture(name)
+            )
+        except RuntimeError as err:
+            raise FewclipError(
+                f"checkpoint {path} does not fit backbone '{name}': {str(err).splitlines()[0]}; "
+                "pass the model name the checkpoint was saved from"
+            ) from err
+        sha = sha256_file(path)
+        pretrained = str(path)
+    else:
+        tags = [t for m, t in open_clip.list_pretrained() if m == name]
+        if pretrained not in tags:
+            raise ConfigError(
+                f"unknown pretrained tag '{pretrained}' for backbone '{name}'; valid tags: {tags or 'none'}, "
+                "or a local checkpoint file, or 'none' for a random init"
+            )
+        try:
+            model = open_clip.create_model(name, pretrained=pretrained, device="cpu", cache_dir=cache_dir)
+        except RuntimeError as err:
+            where = cache_dir or os.environ.get("HF_HUB_CACHE") or "~/.cache/huggingface/hub (or ~/.cache/clip)"
+            raise FewclipError(
+                f"weights '{pretrained}' for '{name}' are not available offline and could not be downloaded "
+                f"(expected in the open_clip cache {where}). Fix: run once with internet access to fill the "
+                "cache, or download the checkpoint yourself and pass its path to --pretrained"
+            ) from err
+        sha = _cached_checkpoint_sha(name, pretrained, cache_dir)
+    model = model.to(device).eval()
+    return Backbone(model, name, pretrained, sha, open_clip.get_tokenizer(name), device)
+
+
+def _cached_checkpoint_sha(name: str, tag: str, cache_dir: str | None) -> str:
+    """The pretrained weights' identity: open_clip's published hash where it has one."""
+    from open_clip.pretrained import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name, tag)
+    return cfg.get("url", "").split("/")[-2] if "url" in cfg else f"{cfg.get('hf_hub', name)}:{tag}"
