@@ -17,7 +17,14 @@ def register(sub) -> None:
     p.add_argument("--data-root", required=True)
     p.add_argument("--dataset", action="append", help="only this dataset (repeatable); default: all 15")
     p.add_argument("--json", action="store_true", help="print one JSON object keyed by dataset")
+    p.add_argument("--deep", action="store_true", help="also decode every image (finds corrupt files; slow)")
     p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("generate", help="write a generated data root: tiny fixtures of all 15 layouts, or the demo")
+    p.add_argument("kind", choices=["fixtures", "demo"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("methods", help="list the registered methods")
     p.add_argument("--json", action="store_true")
@@ -77,6 +84,10 @@ def cmd_doctor(args) -> int:
     for n in names:
         get_spec(n)
     report = {n: check_dataset(n, args.data_root) for n in names}
+    if args.deep:
+        for n, r in report.items():
+            if r["status"] == "ok":
+                _decode_all(n, args.data_root, r)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -87,6 +98,31 @@ def cmd_doctor(args) -> int:
             for problem in r["problems"]:
                 print(f"    - {problem}")
     return 0 if all(r["status"] == "ok" for r in report.values()) else 1
+
+
+def _decode_all(name: str, data_root: str, report: dict) -> None:
+    """Decode every image of an ok dataset; corrupt files make it `broken`, each named."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .data.datasets import load_dataset
+    from .data.images import load_image
+    from .errors import DataError
+
+    ds = load_dataset(name, data_root)
+    paths = sorted({ds.abspath(it) for split in ("train", "val", "test") for it in ds.split(split)})
+
+    def check(path):
+        try:
+            load_image(path)
+        except DataError as err:
+            return str(err)
+        return None
+
+    with ThreadPoolExecutor(4) as pool:
+        bad = [msg for msg in pool.map(check, paths) if msg]
+    if bad:
+        report["status"] = "broken"
+        report["problems"] += bad
 
 
 def cmd_methods(args) -> int:
@@ -139,8 +175,9 @@ def cmd_encode(args) -> int:
         store.fewshot(every)
     if train and args.views:
         store.views(train, args.views)
-    write_json(Path(args.out).parent / "backbone.json",
-               {"model": args.backbone, "pretrained": backbone.pretrained, "sha256": backbone.sha256})
+    write_json(Path(args.out) / "store.json",
+               {"model": args.backbone, "pretrained": backbone.pretrained, "sha256": backbone.sha256,
+                "dataset": ds.name, "images_encoded": store.images_encoded, "views": args.views})
     print(f"{ds.name}: {store.images_encoded} image encodings written to {args.out}")
     return 0
 
@@ -171,4 +208,20 @@ def cmd_run(args) -> int:
     m = run_cell(spec)
     top1 = "n/a" if m["top1"] is None else f"{m['top1']:.2f}"
     print(f"{m['method']} {m['dataset']} {m['shots']}-shot seed {m['seed']}: top1 {top1}  → {args.out}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .io import write_json
+
+    out = Path(args.out)
+    if args.kind == "fixtures":
+        from .data.fixtures import write_all_fixtures
+
+        write_all_fixtures(out, seed=args.seed)
+    else:
+        from .data.demo import write_demo_world
+
+        write_demo_world(out, seed=args.seed)
+    write_json(out / f".fewclip-{args.kind}.json", {"kind": args.kind, "seed": args.seed})
     return 0

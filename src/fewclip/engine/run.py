@@ -78,6 +78,7 @@ class FeatureTask:
     device: torch.device
     spec: Any
     test: Features | None = None
+    full_val: Features | None = None  # the whole val split, when hp search_split == "full_val"
 
 
 def _items(manifest: dict, split: str, ds: Dataset) -> list[Item]:
@@ -351,8 +352,20 @@ def _feature_task(inputs: FeatureInputs, full, classes, train_items, val_items, 
     if views is not None:
         views.labels = train.labels
     test = inputs.test(full, base_labels) if spec.preset == "official" and hp.get("select_on_test", False) else None
+    full_val = _keep_labels(store.fewshot(full.val), base_labels) if hp.get("search_split") == "full_val" else None
     return FeatureTask(classes, train, views, val, spec.dataset, spec.shots, spec.seed, spec.preset, hp, device,
-                       get_spec(spec.dataset), test)
+                       get_spec(spec.dataset), test, full_val)
+
+
+def _keep_labels(feats: Features, labels) -> Features:
+    """The rows of `feats` whose label is in `labels`, relabelled to positions in `labels`."""
+    if labels is None:
+        return feats
+    keep = torch.isin(feats.labels, torch.as_tensor(labels))
+    relabel = torch.full((int(feats.labels.max()) + 1,), -1, dtype=torch.long)
+    relabel[torch.as_tensor(labels)] = torch.arange(len(labels))
+    return Features([p for p, k in zip(feats.paths, keep.tolist()) if k], relabel[feats.labels[keep]],
+                    feats.features[keep])
 
 
 def train_config(hp: dict, identity: dict) -> TrainConfig:
@@ -361,11 +374,11 @@ def train_config(hp: dict, identity: dict) -> TrainConfig:
 
 
 def _backbone_sha(spec: RunSpec) -> str:
-    """The backbone identity without loading it: recorded by `fewclip encode` beside the features."""
-    path = Path(spec.features or "results/features") / spec.key / "backbone.json"
+    """The backbone identity without loading it: recorded by `fewclip encode` in the store."""
+    path = Path(spec.features or "results/features") / spec.key / spec.dataset / "store.json"
     if path.is_file():
         return json.loads(path.read_text())["sha256"]
-    return "unknown (features encoded without backbone.json)"
+    return "unknown (features encoded without store.json)"
 
 
 def _device(name: str) -> torch.device:

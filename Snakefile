@@ -1,0 +1,24 @@
+# fewclip: few-shot CLIP adaptation, reproduced.
+# data root ─► split manifests ─► feature store ─► fit ─► predictions + metrics ─► collect ─► reports
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/fit.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        get_final_output(),
+    default_target: True

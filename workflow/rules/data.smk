@@ -1,0 +1,35 @@
+rule generate_data:
+    """Write a generated data root (`generate_data: fixtures` = tiny replicas of all 15 layouts)."""
+    output:
+        marker=f"{DATA_ROOT}/.fewclip-{{kind}}.json",
+    params:
+        root=lambda wc, output: os.path.dirname(output.marker),
+    log:
+        "logs/generate_data/{kind}.log",
+    benchmark:
+        "benchmarks/generate_data/{kind}.tsv"
+    conda:
+        "../envs/fewclip.yaml"
+    wildcard_constraints:
+        kind="fixtures|demo",
+    shell:
+        "fewclip generate {wildcards.kind:q} --out {params.root:q} > {log:q} 2>&1"
+
+
+rule split:
+    """The few-shot manifest of one (dataset, K, seed): every method of the cell reads it."""
+    input:
+        data_ready(),
+    output:
+        manifest="results/splits/{dataset}/{preset}/{shots}shot_seed{seed}.json",
+    params:
+        root=lambda wc: DATA_ROOT,
+    log:
+        "logs/split/{dataset}/{preset}/{shots}shot_seed{seed}.log",
+    benchmark:
+        "benchmarks/split/{dataset}/{preset}/{shots}shot_seed{seed}.tsv"
+    conda:
+        "../envs/fewclip.yaml"
+    shell:
+        "fewclip split --data-root {params.root:q} --dataset {wildcards.dataset:q} --shots {wildcards.shots}"
+        " --seed {wildcards.seed} --preset {wildcards.preset} --out {output.manifest:q} > {log:q} 2>&1"
