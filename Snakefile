@@ -14,7 +14,14 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
-include: "workflow/rules/fit.smk"
+if config.get("batch_cells", False):
+
+    include: "workflow/rules/fit_batch.smk"
+
+else:
+
+    include: "workflow/rules/fit.smk"
+
 include: "workflow/rules/report.smk"
 
 

@@ -55,9 +55,11 @@ def register(sub) -> None:
     p.add_argument("--data-root", required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--method", required=True)
-    p.add_argument("--shots", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--shots", type=int, nargs="+", required=True,
+                   help="K; several values run several cells in one process (--out must then contain {shots})")
+    p.add_argument("--seed", type=int, nargs="+", required=True,
+                   help="seed(s); several values need {seed} in --out (and in --manifest)")
+    p.add_argument("--out", required=True, help="run directory; may contain {shots} and {seed}")
     p.add_argument("--preset", default="clean", choices=["clean", "official"])
     p.add_argument("--protocol", default="fewshot", choices=["fewshot", "base2new", "dg"])
     p.add_argument("--eval", dest="evals", nargs="*", default=[], help="DG target datasets (--protocol dg)")
@@ -150,6 +152,9 @@ def cmd_split(args) -> int:
 
 
 def cmd_encode(args) -> int:
+    from .gpus import claim
+
+    claim(args.device)  # before torch touches CUDA: one device of the lock-file pool (see fewclip.gpus)
     from .data.datasets import Item, load_dataset
     from .data.fewshot import read_manifest
     from .engine.features import FeatureStore
@@ -196,18 +201,33 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def cmd_run(args) -> int:
+    """One cell, or several (shots × seeds) in one process: cheap cells then share one start-up."""
+    from .gpus import claim
+
+    claim(args.device)  # before torch touches CUDA: one device of the lock-file pool (see fewclip.gpus)
     from .engine.run import RunSpec, run_cell
 
-    spec = RunSpec(
-        data_root=args.data_root, dataset=args.dataset, method=args.method, backbone=args.backbone,
-        backbone_key=args.backbone_key, pretrained=args.pretrained, out=args.out, shots=args.shots,
-        seed=args.seed, preset=args.preset, overrides=parse_overrides(args.overrides), device=args.device,
-        protocol=args.protocol, evals=args.evals, manifest=args.manifest, features=args.features,
-        config_hash=args.config_hash, workers=args.workers,
-    )
-    m = run_cell(spec)
-    top1 = "n/a" if m["top1"] is None else f"{m['top1']:.2f}"
-    print(f"{m['method']} {m['dataset']} {m['shots']}-shot seed {m['seed']}: top1 {top1}  → {args.out}")
+    cells = [(k, s) for k in args.shots for s in args.seed]
+    if len(cells) > 1:
+        for field, flag in (("{shots}", "--shots"), ("{seed}", "--seed")):
+            several = len(args.shots if flag == "--shots" else args.seed) > 1
+            if several and (field not in args.out or (args.manifest and field not in args.manifest)):
+                raise ConfigError(f"several {flag} values need '{field}' in --out (and in --manifest) "
+                                  "so that every cell gets its own run directory")
+    overrides = parse_overrides(args.overrides)
+    for k, s in cells:
+        out = args.out.replace("{shots}", str(k)).replace("{seed}", str(s))
+        manifest = args.manifest.replace("{shots}", str(k)).replace("{seed}", str(s)) if args.manifest else None
+        spec = RunSpec(
+            data_root=args.data_root, dataset=args.dataset, method=args.method, backbone=args.backbone,
+            backbone_key=args.backbone_key, pretrained=args.pretrained, out=out, shots=k, seed=s,
+            preset=args.preset, overrides=overrides, device=args.device, protocol=args.protocol,
+            evals=args.evals, manifest=manifest, features=args.features, config_hash=args.config_hash,
+            workers=args.workers,
+        )
+        m = run_cell(spec)
+        top1 = "n/a" if m["top1"] is None else f"{m['top1']:.2f}"
+        print(f"{m['method']} {m['dataset']} {k}-shot seed {s}: top1 {top1}  → {out}", flush=True)
     return 0
 
 

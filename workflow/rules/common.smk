@@ -13,6 +13,11 @@ CELLS = expand_grid(config)
 CONFIG_HASH = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 IMAGE_METHODS = set(config["image_methods"])
 DATA_ROOT = config["data_root"]
+# `fit` runs the feature-level methods (CPU), `fit_gpu` the image-encoder ones (`image_methods`):
+# two rule names so that a cluster profile can send them to different partitions.
+NEVER = "(?!x)x"  # a regex that matches nothing (no method on that side)
+IMAGE_METHODS_RE = "|".join(sorted(IMAGE_METHODS)) or NEVER
+FEATURE_METHODS_RE = "|".join(sorted({c.method for c in CELLS} - IMAGE_METHODS)) or NEVER
 
 
 wildcard_constraints:
@@ -71,12 +76,48 @@ def fit_inputs(wildcards):
 
 def fit_args(wildcards):
     """The `fewclip run` arguments of one cell, shell-quoted (no config value reaches the shell raw)."""
+    return shlex.join(["--shots", wildcards.shots, "--seed", wildcards.seed]) + " " + _method_args(wildcards)
+
+
+def batch_shots(protocol):
+    p = config["protocols"][protocol]
+    return p["shots"] if isinstance(p["shots"], list) else [p["shots"]]
+
+
+def batch_outputs(protocol):
+    """Outputs of one batched job: every (shots, seed) cell of a (backbone, dataset, method).
+    The protocol stays a wildcard (each batch rule constrains it to its own)."""
+    run = "results/runs/{protocol}/{backbone}/{dataset}/{method}/{shots}shot/seed{seed}"
+    return expand(f"{run}/metrics.json", shots=batch_shots(protocol), seed=config["seeds"], allow_missing=True)
+
+
+def batch_inputs(wildcards):
+    inputs = {"store": store(wildcards.backbone, wildcards.dataset),
+              "manifests": [manifest_path(wildcards.dataset, k, s)
+                            for k in batch_shots(wildcards.protocol) for s in config["seeds"]]}
+    if wildcards.protocol == "dg":
+        for t in config["protocols"]["dg"]["targets"]:
+            inputs[f"target_{t}"] = store(wildcards.backbone, t)
+    return inputs
+
+
+def batch_args(wildcards):
+    """`fewclip run` over all (shots, seed) cells of the job, in one process."""
+    run = f"results/runs/{wildcards.protocol}/{wildcards.backbone}/{wildcards.dataset}/{wildcards.method}"
+    shots = [str(k) for k in batch_shots(wildcards.protocol)]
+    seeds = [str(s) for s in config["seeds"]]
+    return shlex.join(["--shots", *shots, "--seed", *seeds, "--out", run + "/{shots}shot/seed{seed}",
+                       "--manifest", manifest_path(wildcards.dataset, "{shots}", "{seed}")]) \
+        + " " + _method_args(wildcards)
+
+
+def _method_args(wildcards):
     bb = backbone_cfg(wildcards.backbone)
     image = wildcards.method in IMAGE_METHODS
     args = [
         "--data-root", DATA_ROOT, "--dataset", wildcards.dataset, "--method", wildcards.method,
         "--backbone", bb["model"], "--backbone-key", wildcards.backbone, "--pretrained", bb["pretrained"],
-        "--shots", wildcards.shots, "--seed", wildcards.seed, "--preset", config["preset"],
+        "--preset", config["preset"],
         "--protocol", wildcards.protocol, "--features", "results/features",
         "--device", config["device"] if image else "cpu", "--config-hash", CONFIG_HASH,
     ]
@@ -97,18 +138,92 @@ def encode_args(wildcards, input):
     return shlex.join(str(a) for a in args)
 
 
+# Resources. `gpu` is a count: locally a scheduler token (`--resources gpu=N`; the job takes a
+# device from the lock-file pool in fewclip.gpus), on SLURM `--gpus`. Feature-level methods
+# (not in `image_methods`) read the feature store on the CPU: they never hold a GPU.
+# (mem_mb, runtime in minutes) of one cell on a non-ImageNet dataset, on the paper's GPUs.
+METHOD_RESOURCES = {
+    "zeroshot": (2000, 5),
+    "linear_probe": (4000, 10),
+    "clip_adapter": (4000, 15),
+    "tip_adapter": (4000, 5),
+    "tip_adapter_f": (6000, 20),
+    "coop": (16000, 120),
+    "cocoop": (24000, 480),
+    "vpt": (16000, 180),
+    "vlp": (20000, 240),
+    "dpt": (20000, 240),
+}
+IMAGENET_LIKE = {"imagenet", "sun397", "food101"}  # the large test sets / class counts
+
+
+def uses_gpu(wildcards):
+    return config["device"] != "cpu" and wildcards.method in IMAGE_METHODS
+
+
 def gpu_for(wildcards):
-    return 1 if config["device"] != "cpu" and wildcards.method in IMAGE_METHODS else 0
+    return 1 if uses_gpu(wildcards) else 0
+
+
+def threads_for(wildcards):
+    return 4 if wildcards.method in IMAGE_METHODS else 1
+
+
+def _cells_per_job(wildcards):
+    """1 for `fit`; a batched job (batch_cells) runs every (shots, seed) of its protocol."""
+    if "shots" in wildcards.keys():
+        return 1
+    p = config["protocols"][wildcards.protocol]
+    return len(p["shots"] if isinstance(p["shots"], list) else [p["shots"]]) * len(config["seeds"])
 
 
 def mem_for(wildcards):
-    base = 16000 if wildcards.method in IMAGE_METHODS else 4000
-    return base * 2 if wildcards.dataset == "imagenet" else base
+    mem, _ = METHOD_RESOURCES.get(wildcards.method, (16000 if wildcards.method in IMAGE_METHODS else 4000, 0))
+    return mem * 2 if wildcards.dataset == "imagenet" else mem
 
 
 def runtime_for(wildcards):
-    base = 600 if wildcards.method in IMAGE_METHODS else 30
-    return base * 4 if wildcards.dataset == "imagenet" else base
+    _, minutes = METHOD_RESOURCES.get(wildcards.method, (0, 240 if wildcards.method in IMAGE_METHODS else 15))
+    if wildcards.dataset == "imagenet":
+        minutes *= 4
+    elif wildcards.dataset in IMAGENET_LIKE:
+        minutes *= 2
+    if wildcards.method in IMAGE_METHODS and "shots" in wildcards.keys():
+        minutes = minutes * (1 + int(wildcards.shots)) // 8 + minutes // 2  # training time grows with K
+    return minutes * _cells_per_job(wildcards)
+
+
+def fit_group(wildcards):
+    """Feature-level cells take seconds: on a cluster, `group-components: features=N` packs N of
+    them into one submission (groups are ignored by local runs). GPU cells stay single jobs."""
+    return None if wildcards.method in IMAGE_METHODS else "features"
+
+
+def encode_gpu(wildcards):
+    return 0 if config["device"] == "cpu" else 1
+
+
+def encode_mem(wildcards):
+    return 32000 if wildcards.dataset == "imagenet" else 8000
+
+
+def encode_runtime(wildcards):
+    return 240 if wildcards.dataset == "imagenet" else 60
+
+
+def check_names():
+    """Backbone keys the runs name must be defined under `backbones` (the schema checks methods
+    and datasets); stop before any job with the key and the allowed values."""
+    for protocol, p in config["protocols"].items():
+        for i, run in enumerate(p.get("runs", [])):
+            if run["backbone"] not in config["backbones"]:
+                raise ValueError(
+                    f"config key protocols.{protocol}.runs[{i}].backbone: '{run['backbone']}' is not defined "
+                    f"under `backbones` (allowed: {', '.join(sorted(config['backbones']))})"
+                )
+
+
+check_names()
 
 
 def encode_targets():

@@ -8,8 +8,8 @@ evaluations of the same fitted model (DG targets, base-to-new's new classes) go 
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import platform
 import resource
 import subprocess
@@ -232,9 +232,7 @@ def run_cell(spec: RunSpec) -> dict:
     backbone_info = {}
 
     def backbone_fn():
-        from ..models.backbone import load_backbone
-
-        bb = load_backbone(spec.backbone, spec.pretrained, device)
+        bb = _cached_backbone(spec.backbone, spec.pretrained, str(device))
         backbone_info["sha256"] = bb.sha256
         return bb
 
@@ -315,6 +313,14 @@ def run_cell(spec: RunSpec) -> dict:
                "n_classes": n_base, "eval_seconds": eval_seconds}
     (out / "train_state.pt").unlink(missing_ok=True)
     return _write_eval(out, full, test.paths, test.labels, logits, metrics)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_backbone(name: str, pretrained: str, device: str):
+    """Cells run in one process share their backbone (a frozen model: nothing leaks between cells)."""
+    from ..models.backbone import load_backbone
+
+    return load_backbone(name, pretrained, device)
 
 
 def _eval_targets(spec: RunSpec) -> list[str]:

@@ -1,0 +1,125 @@
+"""The cache model shared by Tip-Adapter and Tip-Adapter-F (SPEC §2).
+
+logits = s·f·Wᵀ + α·exp(−β(1 − f·Kᵀ))·L with K the cache keys, L the one-hot cache values.
+α and β are searched on a 200×20 grid (Tip-Adapter's `search_hp`):
+βᵢ = 0.1 + i(β_max−0.1)/200 (i = 0..199), αⱼ = 0.1 + j(α_max−0.1)/20 (j = 0..19);
+the best accuracy wins, ties go to the first (β outer, α inner), as in the official loop.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError
+from ..models.backbone import LOGIT_SCALE
+from . import ClassSet, NotApplicable
+
+SEARCH_STEPS = (200, 20)  # (β steps, α steps)
+
+
+def search_grid(beta_max: float, alpha_max: float, steps: tuple[int, int] = SEARCH_STEPS):
+    """(betas [200], alphas [20]) as float64 lists, exactly SPEC's formula."""
+    betas = [i * (beta_max - 0.1) / steps[0] + 0.1 for i in range(steps[0])]
+    alphas = [j * (alpha_max - 0.1) / steps[1] + 0.1 for j in range(steps[1])]
+    return betas, alphas
+
+
+def cache_logits(x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, beta) -> torch.Tensor:
+    """exp(−β(1 − x·Kᵀ))·L."""
+    return torch.exp(-beta * (1 - x @ keys.t())) @ values
+
+
+def tip_logits(x, text, keys, values, alpha, beta) -> torch.Tensor:
+    return LOGIT_SCALE * x @ text.t() + alpha * cache_logits(x, keys, values, beta)
+
+
+def class_values(values: torch.Tensor, classes: ClassSet, method: str) -> torch.Tensor:
+    """The cache value columns of the classes scored (A/R: the 200 ImageNet columns)."""
+    if classes.train_index is None:
+        raise NotApplicable(f"{method}: the cache values are one-hot over the training classes; "
+                            "it has no cache entries for unseen classes")
+    if len(classes.train_index) and int(classes.train_index.max()) >= values.shape[1]:
+        raise NotApplicable(f"{method}: class index {int(classes.train_index.max())} is outside the "
+                            f"{values.shape[1]} training classes of the cache")
+    return values[:, classes.train_index]
+
+
+def cache_init(task) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys: the 10 stored augmented views of each few-shot train image, averaged, then
+    L2-normalised; values: one-hot labels over the training classes."""
+    if task.views is None:
+        raise ConfigError("Tip-Adapter needs stored augmented views (hyper-parameter views > 0)")
+    keys = task.views.features.float().mean(0)
+    keys = keys / keys.norm(dim=-1, keepdim=True)
+    values = torch.nn.functional.one_hot(task.train.labels.long(), len(task.classes.names)).float()
+    return keys.to(task.device), values.to(task.device)
+
+
+def init_values(task, hp) -> tuple[float, float, float, float]:
+    """(init α, init β, β_max, α_max): hp overrides, else the dataset's Tip config (SPEC §4)."""
+    spec = task.spec
+    alpha = hp.get("init_alpha") if hp.get("init_alpha") is not None else getattr(spec, "tip_init_alpha", None)
+    scale = getattr(spec, "tip_search_scale", None)
+    beta_max = hp.get("beta_max") if hp.get("beta_max") is not None else (scale[0] if scale else None)
+    alpha_max = hp.get("alpha_max") if hp.get("alpha_max") is not None else (scale[1] if scale else None)
+    if alpha is None or beta_max is None or alpha_max is None:
+        raise ConfigError(f"dataset {task.dataset} has no Tip-Adapter init α / search scale (SPEC §4); "
+                          "give them with --set init_alpha=... --set beta_max=... --set alpha_max=...")
+    return float(alpha), float(hp.get("init_beta", 1.0)), float(beta_max), float(alpha_max)
+
+
+@torch.no_grad()
+def search_alpha_beta(x, labels, text, keys, values, beta_max: float, alpha_max: float,
+                      steps: tuple[int, int] = SEARCH_STEPS, budget: int = 2**25) -> dict:
+    """Exhaustive grid search of (α, β) by top-1 accuracy on (x, labels).
+
+    Counts correct predictions for every grid point, in chunks of rows and of α so that memory
+    stays near `budget` elements, then takes the first maximum in β-major order (the official
+    strict `>` over `for beta: for alpha:`)."""
+    betas, alphas = search_grid(beta_max, alpha_max, steps)
+    x, labels = x.float(), labels.to(x.device)
+    keys, values, text = keys.float(), values.float(), text.float()
+    alpha_t = torch.tensor(alphas, dtype=torch.float32, device=x.device)
+    n, c = x.shape[0], values.shape[1]
+    correct = torch.zeros(len(betas), len(alphas), dtype=torch.long, device=x.device)
+    rows = max(1, budget // max(keys.shape[0], c * len(alphas), 1))
+    for r0 in range(0, n, rows):
+        xr, yr = x[r0 : r0 + rows], labels[r0 : r0 + rows]
+        clip = LOGIT_SCALE * xr @ text.t()
+        one_minus_affinity = 1 - xr @ keys.t()
+        for i, beta in enumerate(betas):
+            cache = torch.exp(-beta * one_minus_affinity) @ values
+            logits = clip.unsqueeze(0) + alpha_t.view(-1, 1, 1) * cache.unsqueeze(0)  # [A, rows, C]
+            correct[i] += (logits.argmax(-1) == yr.unsqueeze(0)).sum(-1)
+    flat = int(torch.argmax(correct.flatten()))  # first maximum, β-major
+    i, j = divmod(flat, len(alphas))
+    return {"alpha": alphas[j], "beta": betas[i], "acc": 100.0 * int(correct[i, j]) / max(n, 1)}
+
+
+def search_features(task, hp):
+    """(features, labels, split name) to search α/β on, as the preset says.
+
+    clean: the few-shot val split (min(K, 4) per class). official: the full val split of the
+    dataset (Tip-Adapter's `main.py`), or for ImageNet the test set (`main_imagenet.py`)."""
+    split = hp.get("search_split", "fewshot_val")
+    if split == "fewshot_val":
+        feats = task.val
+    elif split == "full_val":
+        feats = task.full_val
+    elif split == "test":
+        feats = task.test
+    else:
+        raise ConfigError(f"search_split must be fewshot_val, full_val or test, got {split!r}")
+    if feats is None:
+        raise ConfigError(f"search_split {split!r} needs features the engine did not provide "
+                          "('test' needs the official preset with select_on_test=true)")
+    return feats.features.to(task.device), feats.labels.to(task.device), split
+
+
+def official_defaults(dataset: str, preset: str) -> dict:
+    """Where the official code selects: full val, ImageNet's test set (val = test there)."""
+    if preset != "official":
+        return {"search_split": "fewshot_val", "select_on_test": False}
+    if dataset == "imagenet":
+        return {"search_split": "test", "select_on_test": True}
+    return {"search_split": "full_val", "select_on_test": False}

@@ -1,0 +1,156 @@
+"""Tip-Adapter and Tip-Adapter-F (SPEC §2; official code: gaopengcuhk/Tip-Adapter).
+
+Tip-Adapter (training-free): a cache whose keys are the few-shot train features averaged over
+10 augmented views (crop scale 0.5–1 + flip, stored once by the feature store), normalised
+after averaging, and whose values are one-hot labels;
+logits = 100·f·Wᵀ + α·exp(−β(1 − f·Kᵀ))·L. α starts at the dataset's init α (SPEC §4),
+β at 1; then both are searched on SPEC's 200×20 grid.
+
+Tip-Adapter-F: the keys become trainable (values fixed), trained with AdamW (lr 0.001,
+eps 1e-4, torch's default weight decay 0.01), batch 256, a cosine over all iterations,
+20 epochs (EuroSAT 100), α and β fixed at their init values during training; α, β are then
+searched again. Each epoch sees every train image once as one of its stored augmented views
+(the official code re-augments and re-encodes the images every epoch).
+
+Where α, β are searched (metrics.json `hparams.search_split`):
+- clean (default): the few-shot val split of the manifest (min(K, 4) images per class);
+  Tip-Adapter-F keeps its last epoch (`epoch_kept` = epochs, `selected_on` = "last").
+- official, reproducing the official code and saying so: the 10 datasets search on their
+  **full** val split (`search_split` = "full_val", as `main.py` does); ImageNet searches on
+  the **test** set (`search_split` = "test", as `main_imagenet.py` does; ImageNet's val is its
+  test set). Tip-Adapter-F keeps the epoch with the best **test** accuracy, evaluated with the
+  init α, β after every epoch (`best_F_<K>shots.pt` in the official code):
+  `epoch_kept` and `selected_on` = "test" record it.
+A cache has no entry for classes it never saw: unseen classes (base-to-new's new split) are
+n/a; ImageNet-A/-R use the value columns of their 200 ImageNet classes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..data.datasets import DATASETS
+from ..errors import ConfigError
+from . import ClassSet, Method, register
+from ._tip import (cache_init, class_values, init_values, official_defaults, search_alpha_beta,
+                   search_features, tip_logits)
+
+
+def _tip_defaults(dataset: str, preset: str) -> dict:
+    spec = DATASETS.get(dataset)
+    alpha = None if spec is None or spec.tip_init_alpha is None else float(spec.tip_init_alpha)
+    scale = None if spec is None or spec.tip_search_scale is None else spec.tip_search_scale
+    return {"init_alpha": alpha, "beta_max": None if scale is None else float(scale[0]),
+            "alpha_max": None if scale is None else float(scale[1]), **official_defaults(dataset, preset)}
+
+
+class _Cache(Method):
+    """The cache and its α/β; subclasses differ in whether the keys train."""
+
+    needs = "features"
+
+    def setup(self, task) -> dict:
+        keys, values = cache_init(task)
+        alpha, beta, self._beta_max, self._alpha_max = init_values(task, self.hp)
+        if self.trains:
+            self.keys = nn.Parameter(keys)
+        else:
+            self.register_buffer("keys", keys)
+        self.register_buffer("values", values)
+        self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float64, device=task.device))
+        self.register_buffer("beta", torch.tensor(beta, dtype=torch.float64, device=task.device))
+        self.register_buffer("text", task.classes.text_features.to(task.device).float())
+        return {"init_alpha": alpha, "init_beta": beta, "beta_max": self._beta_max, "alpha_max": self._alpha_max,
+                "cache_size": int(keys.shape[0])}
+
+    def search(self, task) -> dict:
+        """Grid-search α, β (or keep the init values when `search` is false)."""
+        if not self.hp.get("search", True):
+            return {"alpha": float(self.alpha), "beta": float(self.beta), "search_split": "none (search=false)"}
+        x, y, split = search_features(task, self.hp)
+        if len(y) == 0:
+            return {"alpha": float(self.alpha), "beta": float(self.beta),
+                    "search_split": f"none ({split} is empty; init values kept)"}
+        best = search_alpha_beta(x, y, self.text, self.keys.detach(), self.values, self._beta_max, self._alpha_max)
+        self.alpha.fill_(best["alpha"])
+        self.beta.fill_(best["beta"])
+        return {"alpha": best["alpha"], "beta": best["beta"], "search_split": split,
+                "search_acc": best["acc"], "search_n": int(len(y))}
+
+    def logits(self, x, classes: ClassSet):
+        values = class_values(self.values, classes, self.name)
+        return tip_logits(x, classes.text_features, self.keys, values, self.alpha, self.beta)
+
+
+@register
+class TipAdapter(_Cache):
+    name = "tip_adapter"
+    hparams = {"views": 10, "init_beta": 1.0, "search": True}
+
+    @classmethod
+    def defaults_for(cls, dataset, shots, preset):
+        return _tip_defaults(dataset, preset)
+
+    def setup(self, task) -> dict:
+        info = super().setup(task)
+        info.update(self.search(task))
+        return info
+
+
+@register
+class TipAdapterF(_Cache):
+    name = "tip_adapter_f"
+    trains = True
+    hparams = {"views": 10, "init_beta": 1.0, "search": True, "epochs": 20, "lr": 0.001, "optimizer": "adamw",
+               "eps": 1e-4, "weight_decay": 0.01, "schedule": "cosine_iter", "warmup_epochs": 0,
+               "batch_size": 256}
+
+    @classmethod
+    def defaults_for(cls, dataset, shots, preset):
+        hp = _tip_defaults(dataset, preset)
+        if preset == "official":
+            hp["select_on_test"] = True  # the best epoch is chosen on the test set
+        if dataset == "eurosat":
+            hp["epochs"] = 100
+        return hp
+
+    def setup(self, task) -> dict:
+        info = super().setup(task)
+        self.register_buffer("best_keys", self.keys.detach().clone())
+        self.register_buffer("best_acc", torch.tensor(-1.0, device=task.device))
+        self.register_buffer("best_epoch", torch.tensor(0, device=task.device))
+        return info
+
+    def loss(self, batch, epoch: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(tip_logits(x, self.text, self.keys, self.values, self.alpha, self.beta), y)
+
+    @torch.no_grad()
+    def epoch_end(self, task, epoch: int) -> None:
+        """official: remember the keys of the epoch with the best test accuracy (init α, β)."""
+        if task.preset != "official":
+            return
+        if task.test is None:
+            raise ConfigError("official Tip-Adapter-F selects its epoch on the test set; select_on_test must be true")
+        x, y = task.test.features.to(task.device), task.test.labels.to(task.device)
+        pred = tip_logits(x, self.text, self.keys, self.values, self.alpha, self.beta).argmax(-1)
+        acc = 100.0 * (pred == y).float().mean() if len(y) else torch.tensor(0.0)
+        if acc > self.best_acc:
+            self.best_acc.fill_(float(acc))
+            self.best_epoch.fill_(epoch + 1)
+            self.best_keys.copy_(self.keys)
+
+    def finish(self, task) -> dict:
+        epochs = int(self.hp["epochs"])
+        if task.preset == "official":
+            with torch.no_grad():
+                self.keys.copy_(self.best_keys)
+            kept = {"epoch_kept": int(self.best_epoch), "selected_on": "test",
+                    "epoch_test_acc": float(self.best_acc)}
+        else:
+            kept = {"epoch_kept": epochs, "selected_on": "last"}
+        # the final model needs neither the best-epoch copy nor its bookkeeping
+        del self.best_keys, self.best_acc, self.best_epoch
+        kept.update(self.search(task))
+        return kept
