@@ -15,7 +15,7 @@ from .errors import ConfigError
 def register(sub) -> None:
     p = sub.add_parser("doctor", help="check which datasets under a data root are ready")
     p.add_argument("--data-root", required=True)
-    p.add_argument("--dataset", action="append", help="only this dataset (repeatable); default: all 15")
+    p.add_argument("--dataset", action="append", help="only this dataset (repeatable); default: the 15 benchmark datasets")
     p.add_argument("--json", action="store_true", help="print one JSON object keyed by dataset")
     p.add_argument("--deep", action="store_true", help="also decode every image (finds corrupt files; slow)")
     p.set_defaults(func=cmd_doctor)
@@ -80,9 +80,9 @@ def _backbone_args(p) -> None:
 
 
 def cmd_doctor(args) -> int:
-    from .data.datasets import DATASETS, check_dataset, get_spec
+    from .data.datasets import BENCHMARK_DATASETS, check_dataset, get_spec
 
-    names = args.dataset or list(DATASETS)
+    names = args.dataset or list(BENCHMARK_DATASETS)
     for n in names:
         get_spec(n)
     report = {n: check_dataset(n, args.data_root) for n in names}

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..io import write_json
-from .datasets import DATASETS, get_spec
+from .datasets import BENCHMARK_DATASETS, DATASETS, get_spec
 
 # (mode, format): the cycle of image variants written by the fixtures.
 _VARIANTS = [
@@ -135,7 +135,8 @@ def write_fixture(name: str, root, n_classes: int = 4, n_train: int = 3, n_val: 
 
 
 def write_all_fixtures(root, **kw) -> None:
-    for name in DATASETS:
+    """Replicas of the 15 benchmark datasets (the generated demo datasets are not replicas)."""
+    for name in BENCHMARK_DATASETS:
         write_fixture(name, root, **kw)
 
 
