@@ -31,7 +31,8 @@ wildcard_constraints:
 
 
 def get_final_output():
-    return all_metrics()
+    """Every cell's metrics, and the reports built from them unless `reports: false`."""
+    return ["reports/README.md"] if config.get("reports", True) else all_metrics()
 
 
 def all_metrics():

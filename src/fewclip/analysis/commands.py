@@ -23,6 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--runs", default="results/runs", help="run directories (their predictions.parquet feed McNemar and bootstrap)")
     p.add_argument("--out", default="reports", help="output folder")
     p.add_argument("--config", help="grid config (YAML); its `baselines` list names the methods every method is tested against")
+    p.add_argument("--baselines", nargs="+", help="methods every method is tested against (default: config's `baselines`, else zeroshot coop)")
     p.add_argument("--n-resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.set_defaults(func=report_cmd)
 
@@ -82,7 +83,7 @@ def report_cmd(args: argparse.Namespace) -> int:
     if table.empty:
         raise FewclipError(f"{args.table} holds no runs; run the grid (or `fewclip collect` on the right --runs) first")
     config = _load_config(args.config)
-    baselines = (config or {}).get("baselines", DEFAULT_BASELINES)
+    baselines = args.baselines or (config or {}).get("baselines", DEFAULT_BASELINES)
     runs = Path(args.runs) if args.runs and Path(args.runs).is_dir() else None
     written = build_report(table, runs, Path(args.out), baselines=baselines, n_resamples=args.n_resamples)
     print(f"wrote {len(written)} files under {args.out}/ (index: {Path(args.out) / 'README.md'})")

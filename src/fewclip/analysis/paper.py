@@ -76,6 +76,15 @@ def average_size(dataset: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+DG_TARGET_ORDER = ["imagenetv2", "imagenetsketch", "imageneta", "imagenetr"]
+
+
+def dg_target_order(dataset: str) -> tuple[int, str]:
+    """Sort key: the papers' column order V2, Sketch, A, R, then any other target alphabetically."""
+    key = norm_dataset(dataset)
+    return (DG_TARGET_ORDER.index(key) if key in DG_TARGET_ORDER else len(DG_TARGET_ORDER), key)
+
+
 def method_order(methods) -> list[str]:
     known = [m for m in METHOD_ORDER if m in set(methods)]
     return known + sorted(set(methods) - set(known))

@@ -66,7 +66,7 @@ def dg_bars(data: pd.DataFrame, stem: Path, title: str, methods: list[str], orde
     ax.set_xlabel("")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title)
-    ax.legend(fontsize="small", ncols=2)
+    ax.legend(title="method", fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     paths = _save(fig, stem)
     plt.close(fig)
     return paths

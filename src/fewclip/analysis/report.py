@@ -19,6 +19,7 @@ from .collect import check_consistency
 from .tables import fmt_mean_std, write_table
 
 KEY = ["protocol", "backbone_key", "backbone", "shots", "dataset", "eval_dataset", "split", "method"]
+BASELINE_KEY = ["protocol", "backbone_key", "dataset", "eval_dataset", "split"]  # a baseline may differ in shots
 MARKS = ["†", "‡", "§", "¶"]
 DEFAULT_BASELINES = ["zeroshot", "coop"]
 
@@ -48,7 +49,10 @@ class Report:
             df["train_minutes"] = pd.to_numeric(df["train_seconds"], errors="coerce") / 60.0
         if {"eval_seconds", "n_test"} <= set(df.columns):
             df["infer_ms_per_image"] = 1000.0 * pd.to_numeric(df["eval_seconds"], errors="coerce") / pd.to_numeric(df["n_test"], errors="coerce")
+        df["backbone_norm"] = df["backbone"].map(paper.norm_backbone)
+        df["eval_dataset_norm"] = df["eval_dataset"].map(paper.norm_dataset)
         self.df = df
+        self._by_method_cell = {k: g for k, g in df[df["top1"].notna()].groupby(BASELINE_KEY + ["method"])}
         self.summary = self._summarise()
         self.ttests = pd.DataFrame()
 
@@ -89,13 +93,9 @@ class Report:
     # ------------------------------------------------------------ statistics
     def baseline_rows(self, cell: dict, baseline: str) -> pd.DataFrame:
         """Rows of `baseline` matching a cell; zero-shot does not depend on shots, so any K is accepted."""
-        df = self.df
-        mask = (
-            (df["protocol"] == cell["protocol"]) & (df["backbone_key"] == cell["backbone_key"])
-            & (df["dataset"] == cell["dataset"]) & (df["eval_dataset"] == cell["eval_dataset"])
-            & (df["split"] == cell["split"]) & (df["method"] == baseline) & df["top1"].notna()
-        )
-        rows = df[mask]
+        rows = self._by_method_cell.get(tuple(cell[k] for k in BASELINE_KEY) + (baseline,))
+        if rows is None:
+            return self.df.iloc[:0]
         exact = rows[rows["shots"] == cell["shots"]]
         if not exact.empty or baseline != "zeroshot" or rows.empty:
             return exact
@@ -111,7 +111,7 @@ class Report:
         for key, rows in df.groupby(KEY):
             cell = dict(zip(KEY, key))
             for baseline in self.baselines:
-                if cell["method"] == baseline:
+                if not self._tested(cell["method"], baseline):
                     continue
                 base = self.baseline_rows(cell, baseline)
                 if base.empty:
@@ -133,7 +133,7 @@ class Report:
                     ca, cb = self.correct(ra), self.correct(rb.iloc[0])
                     if ca is None or cb is None:
                         continue
-                    joined = pd.concat([ca.rename("a"), cb.rename("b")], axis=1, join="inner")
+                    joined = _match_images(ca, cb)
                     if joined.empty:
                         continue
                     table = stats.mcnemar_table(joined["a"], joined["b"])
@@ -144,6 +144,12 @@ class Report:
         self.mcnemar = _holm_by_family(pd.DataFrame(mrows))
         self._write_stats(self.ttests, "ttest_vs_baselines", "Paired t-test over seeds, method vs baseline (Holm within each table's family)")
         self._write_stats(self.mcnemar, "mcnemar_vs_baselines", "Exact McNemar on matched per-image predictions of the same seed (Holm within each table's family)")
+
+    def _tested(self, method: str, baseline: str) -> bool:
+        """Test method vs baseline, but each pair of baselines only once (CoOp vs zero-shot, not zero-shot vs CoOp)."""
+        if method == baseline:
+            return False
+        return method not in self.baselines or self.baselines.index(method) > self.baselines.index(baseline)
 
     def marks(self, **cell) -> str:
         """Significance marks of one table cell: one symbol per baseline it differs from (Holm p < 0.05)."""
@@ -176,6 +182,7 @@ class Report:
         fs = self.summary[(self.summary["protocol"] == "fewshot") & (self.summary["split"] == "test")]
         if fs.empty:
             self.note("No few-shot runs: few-shot tables, shot curves and CD diagrams skipped.")
+            self._write_curve_data([])
             return
         wil, fri = [], []
         for (bk, backbone, k), cells in fs.groupby(["backbone_key", "backbone", "shots"]):
@@ -187,7 +194,9 @@ class Report:
             for _, c in cells.iterrows():
                 mark = self.marks(protocol="fewshot", backbone_key=bk, shots=k, dataset=c["dataset"], method=c["method"])
                 display.loc[c["method"], c["dataset"]] = fmt_mean_std(c["mean"], c["std"], c["n"], n_max) + mark
-                long_rows.append({"method": c["method"], "dataset": c["dataset"], "mean": c["mean"], "std": c["std"], "n_seeds": c["n"]})
+                per_seed = self.seeds(protocol="fewshot", backbone_key=bk, shots=k, dataset=c["dataset"], method=c["method"], split="test")
+                long_rows.append({"method": c["method"], "dataset": c["dataset"], "mean": c["mean"], "std": c["std"], "n_seeds": c["n"],
+                                  "per_seed": _per_seed_text(per_seed)})
             wide_seed = self._per_seed(protocol="fewshot", backbone_key=bk, shots=k, split="test")
             for m in methods:
                 have = cells[cells["method"] == m]["dataset"].nunique()
@@ -197,7 +206,8 @@ class Report:
                     continue
                 avg = per_seed.dropna(axis=0).mean(axis=1)  # seeds with every dataset
                 display.loc[m, "Average"] = fmt_mean_std(avg.mean(), avg.std(), len(avg), n_max)
-                long_rows.append({"method": m, "dataset": "Average", "mean": avg.mean(), "std": avg.std(), "n_seeds": len(avg)})
+                long_rows.append({"method": m, "dataset": "Average", "mean": avg.mean(), "std": avg.std(), "n_seeds": len(avg),
+                                  "per_seed": _per_seed_text(avg)})
             display = display.fillna("—")
             stem = self.out / "tables" / f"fewshot_{bk}_{k}shot"
             self.written += write_table(display, stem, caption=f"Few-shot top-1 accuracy (%), {backbone}, {k} shots", legend=self.legend())
@@ -225,7 +235,7 @@ class Report:
             if baseline not in means:
                 continue
             for m in means.columns:
-                if m == baseline:
+                if not self._tested(m, baseline):
                     continue
                 pair = means[[m, baseline]].dropna()
                 res = stats.wilcoxon_test(pair[m], pair[baseline])
@@ -234,10 +244,14 @@ class Report:
         return out
 
     def _friedman(self, means: pd.DataFrame, bk: str, backbone: str, k: int) -> dict | None:
-        complete = means.dropna(axis=0)
+        # Ranks need every method on every dataset: keep the methods run on all datasets, unless
+        # that leaves fewer than 3, then keep the datasets every method was run on.
+        complete = means.dropna(axis=1)
+        if complete.shape[1] < 3:
+            complete = means.dropna(axis=0)
         res = stats.friedman_test(complete)
         row = {"table": self.table_id("fewshot", bk, k), "n_datasets": len(complete), "n_methods": complete.shape[1],
-               "chi2": res.statistic, "p": res.pvalue, "note": res.note}
+               "methods": ", ".join(complete.columns), "chi2": res.statistic, "p": res.pvalue, "note": res.note}
         if np.isnan(res.pvalue):
             self.note(f"CD diagram for {backbone}, {k} shots skipped: {res.note}.")
             return row
@@ -267,11 +281,15 @@ class Report:
             m = data.groupby(["panel", "method", "shots"])["top1"].mean().reset_index()
             m.insert(0, "backbone", backbone)
             curve_means.append(m)
-        if curve_means:
-            curves = pd.concat(curve_means, ignore_index=True).rename(columns={"panel": "dataset"})
-            path = self.out / "plots" / "fewshot_curves.csv"
-            write_text(path, curves.to_csv(index=False))
-            self.written.append(path)
+        self._write_curve_data(curve_means)
+
+    def _write_curve_data(self, curve_means: list[pd.DataFrame]) -> None:
+        """plots/fewshot_curves.csv (DVC's `plots:` source); header only when there are no few-shot runs."""
+        columns = ["backbone", "dataset", "method", "shots", "top1"]
+        curves = pd.concat(curve_means, ignore_index=True).rename(columns={"panel": "dataset"}) if curve_means else pd.DataFrame(columns=columns)
+        path = self.out / "plots" / "fewshot_curves.csv"
+        write_text(path, curves[columns].to_csv(index=False))
+        self.written.append(path)
 
     # ----------------------------------------------------------- base-to-new
     def base2new(self) -> None:
@@ -309,8 +327,8 @@ class Report:
                              "New": fmt_mean_std(nm, np.nan, 1), "H": fmt_mean_std(float(stats.harmonic_mean(bm, nm)), np.nan, 1),
                              "base_mean": bm, "new_mean": nm})
             table = pd.DataFrame(rows)
-            display = table.set_index(["dataset", "method"])[["Base", "New", "H"]]
-            self.written += write_table(display, self.out / "tables" / f"base2new_{bk}",
+            display = table[["dataset", "method", "Base", "New", "H"]]
+            self.written += write_table(display, index=False, path_stem=self.out / "tables" / f"base2new_{bk}",
                                         caption=f"Base-to-new generalization, {backbone} (H = harmonic mean; n/a: method cannot score unseen classes)",
                                         legend=self.legend())
             per = table[table["dataset"] != "Average"]
@@ -328,7 +346,7 @@ class Report:
             return
         for (bk, backbone, k), cells in dg.groupby(["backbone_key", "backbone", "shots"]):
             source = sorted(cells["dataset"].unique())
-            targets = sorted(set(cells["eval_dataset"]) - set(source))
+            targets = sorted(set(cells["eval_dataset"]) - set(source), key=paper.dg_target_order)
             order = source + targets
             methods = self.methods(cells)
             n_max = int(cells["n"].max())
@@ -403,7 +421,7 @@ class Report:
         method = empty["fewclip_method"]
         if method is None:
             return {**empty, "note": "no fewclip method"}
-        df = self.df[(self.df["method"] == method) & (self.df["backbone"].map(paper.norm_backbone) == paper.norm_backbone(p["backbone"]))]
+        df = self.df[(self.df["method"] == method) & (self.df["backbone_norm"] == paper.norm_backbone(p["backbone"]))]
         if df.empty:
             return {**empty, "note": "not run"}
         split = "test" if p["split"] == "H" else p["split"]
@@ -419,9 +437,9 @@ class Report:
             df = df[df["protocol"] == "base2new"]
         elif n_avg is None:
             target = paper.norm_dataset(p["dataset"])
-            df = df[(df["eval_dataset"].map(paper.norm_dataset) == target) & (df["split"] == split)]
-            if df["protocol"].nunique() > 1:  # ImageNet is both a few-shot dataset and the DG source
-                df = df[df["protocol"] == ("dg" if (df["protocol"] == "dg").all() else "fewshot")]
+            df = df[(df["eval_dataset_norm"] == target) & (df["split"] == split)]
+            if (df["protocol"] == "fewshot").any():  # ImageNet is both a few-shot dataset and the DG source
+                df = df[df["protocol"] == "fewshot"]
         else:
             want_dg = "target" in str(p["dataset"]).lower() or "ood" in str(p["dataset"]).lower()
             df = df[df["protocol"] == ("dg" if want_dg else "fewshot")]
@@ -442,6 +460,8 @@ class Report:
                "in_ci": bool(low <= value <= high) if not np.isnan(low) else None}
         if len(per_seed) < 2:
             res["note"] = "one seed: no interval"
+        elif np.allclose(per_seed, per_seed.iloc[0]):
+            res["note"] = "identical on every seed: the t-interval is a point; see the bootstrap interval"
         if field_name == "top1" and n_avg is None and p["split"] != "H" and getattr(self, "boot", None) is not None and not self.boot.empty:
             b = self.boot.merge(df[KEY].drop_duplicates(), on=KEY)
             if len(b) == 1:
@@ -493,6 +513,8 @@ class Report:
 
     def build(self) -> list[Path]:
         check_consistency(self.df)
+        for sub in ("tables", "figures", "stats", "plots"):
+            (self.out / sub).mkdir(parents=True, exist_ok=True)
         self.pairwise()
         self.bootstrap()
         self.fewshot()
@@ -502,6 +524,21 @@ class Report:
         self.paper_vs_ours()
         self.write_index()
         return self.written
+
+
+def _match_images(a: pd.Series, b: pd.Series) -> pd.DataFrame:
+    """Pair two runs' per-image correctness: by position when both list the same images in the same
+    order, else by image path (paths listed twice are ambiguous and dropped)."""
+    if len(a) == len(b) and (a.index == b.index).all():
+        return pd.DataFrame({"a": a.to_numpy(), "b": b.to_numpy()})
+    a = a[~a.index.duplicated(keep=False)]
+    b = b[~b.index.duplicated(keep=False)]
+    return pd.concat([a.rename("a"), b.rename("b")], axis=1, join="inner")
+
+
+def _per_seed_text(values: pd.Series) -> str:
+    """'seed1=70.12; seed2=71.03' — the per-seed values behind a mean ± std."""
+    return "; ".join(f"seed{int(seed)}={value:.2f}" for seed, value in values.items())
 
 
 def _holm_by_family(frame: pd.DataFrame) -> pd.DataFrame:
