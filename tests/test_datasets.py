@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fewclip.data.datasets import DATASETS, base_new_split, check_dataset, get_spec, load_dataset
+from fewclip.data.datasets import BENCHMARK_DATASETS, DATASETS, base_new_split, check_dataset, get_spec, load_dataset
 from fewclip.data.fixtures import write_all_fixtures, write_fixture
 from fewclip.data.images import load_image
 from fewclip.errors import ConfigError, DataError
@@ -56,10 +56,12 @@ def _fresh(tmp_path, name):
 
 
 def test_registry():
-    assert list(DATASETS) == list(EXPECTED_NAMES)
+    assert list(BENCHMARK_DATASETS) == list(EXPECTED_NAMES)
+    assert list(DATASETS)[:15] == list(EXPECTED_NAMES)
     with pytest.raises(ConfigError, match="oxford_pets"):
         get_spec("pets")
-    for name, spec in DATASETS.items():
+    for name in BENCHMARK_DATASETS:
+        spec = DATASETS[name]
         assert (spec.tip_init_alpha is None) == (name in TARGETS)
         assert spec.source
     assert get_spec("imagenet").tip_search_scale == (7, 3)

@@ -1,0 +1,59 @@
+"""CoCoOp: CoOp context plus an image-conditioned Meta-Net (SPEC §2, official-code-facts §1.2).
+
+h(f) = Linear(d, d/16) → ReLU → Linear(d/16, width) whose output is added to every context
+vector, per image: s·f·g([v + h(f), class])ᵀ.
+
+The official code runs the text encoder once per image (batch 1). Here the B×C prompts of a
+whole batch go through the text encoder in one pass (no Python loop over images); batch 1
+(`batch_size`, the default) reproduces the official setting."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..models.backbone import LOGIT_SCALE
+from ..models.prompts import encode_prompts, text_width
+from . import ClassSet, register
+from .coop import SGD_DEFAULTS, CoOp
+
+EVAL_PROMPTS = 8192  # images × classes encoded at once while evaluating (memory bound)
+
+
+@register
+class CoCoOp(CoOp):
+    name = "cocoop"
+    hparams = {
+        "n_ctx": 4, "ctx_init": "a photo of a", "csc": False, "class_token_position": "end", "init_std": 0.02,
+        "epochs": 10, "lr": 0.002, "batch_size": 1, "warmup_epochs": 1, **SGD_DEFAULTS,
+    }
+    presets = {"official": {"precision": "fp16"}}
+
+    @classmethod
+    def defaults_for(cls, dataset, shots, preset):
+        return {}
+
+    def setup(self, task):
+        info = super().setup(task)
+        if self.prompt.csc:
+            from ..errors import ConfigError
+
+            raise ConfigError("cocoop has no class-specific context option; use csc=false")
+        d = self.backbone.embed_dim
+        hidden = max(1, d // 16)
+        self.meta_net = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(inplace=True),
+                                      nn.Linear(hidden, text_width(self.clip))).to(task.device)
+        return info
+
+    def logits(self, x, classes: ClassSet):
+        f = self.image_features(x)
+        bank = self.prompt.bank(classes.names)
+        C = len(classes.names)
+        step = len(f) if torch.is_grad_enabled() else max(1, EVAL_PROMPTS // max(C, 1))
+        out = []
+        for i in range(0, len(f), step):
+            fi = f[i : i + step]
+            ctx = self.prompt.ctx.unsqueeze(0) + self.meta_net(fi).unsqueeze(1)  # [B, M, w]
+            t = encode_prompts(self.prompt, bank, ctx, per_image=True)  # [B, C, d]
+            out.append(LOGIT_SCALE * torch.einsum("bd,bcd->bc", fi, t.to(fi.dtype)))
+        return torch.cat(out)

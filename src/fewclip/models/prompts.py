@@ -1,0 +1,249 @@
+"""Prompt learning on open_clip's internals (SPEC §2).
+
+Text side (CoOp / CoCoOp / VLP / DPT): learned context vectors are spliced into the token
+embeddings of "X X ... X {class}." at the positions of the X's (class token at the end, in the
+middle or at the front), then run through open_clip's text transformer, `ln_final`, pooled at
+the end-of-text token (argmax of the token ids, as open_clip's `text_global_pool` does) and
+projected. A `PromptBank` holds the frozen prefix/suffix embeddings of one class-name list, so
+any list (base-to-new's unseen names, DG targets) gets its own bank.
+
+Since CLIP's text transformer is causal, the output at the end-of-text token does not depend on
+the padding after it: sequences are cut after the longest prompt's EOT (exact, and several
+times faster than running all 77 positions).
+
+Image side (VPT-deep / VLP / DPT): `encode_image` runs open_clip's `VisionTransformer` block by
+block and appends per-layer prompt tokens after the patch tokens, replacing the previous
+layer's prompt outputs at every layer (VPT-deep); optional per-layer callables add class-aware
+tokens (CAVPT). Prompt tokens carry no positional embedding, so their position in the sequence
+does not matter; they are dropped before pooling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import FewclipError
+
+POSITIONS = ("end", "middle", "front")
+
+
+def text_width(model) -> int:
+    return int(model.ln_final.weight.shape[0])
+
+
+def _tokens(tokenizer, texts: list[str]) -> torch.Tensor:
+    return tokenizer(texts).long()
+
+
+def _n_word_tokens(tokenizer, text: str) -> int:
+    """Number of BPE tokens of `text` (without start/end of text)."""
+    tok = _tokens(tokenizer, [text])[0]
+    eot = int(tok.argmax())
+    return eot - 1
+
+
+@dataclass
+class PromptBank:
+    """Frozen pieces of the prompts of one class-name list."""
+
+    names: list[str]
+    tokens: torch.Tensor  # [C, L] token ids of "X .. X name." (cut after the longest EOT)
+    prefix: torch.Tensor  # [C, 1, w] start-of-text embedding
+    suffix: torch.Tensor  # [C, L-1-M, w] embeddings of "name." + EOT + padding
+    name_lens: list[int]
+
+
+class TextPrompts(nn.Module):
+    """Learned context vectors: [M, w] shared, or [C, M, w] class-specific (CSC)."""
+
+    def __init__(self, model, tokenizer, n_ctx: int = 16, ctx_init: str = "", csc: bool = False,
+                 n_classes: int | None = None, position: str = "end", init_std: float = 0.02):
+        super().__init__()
+        if position not in POSITIONS:
+            raise FewclipError(f"class_token_position must be one of {', '.join(POSITIONS)}, got '{position}'")
+        self._model = [model]
+        self._tokenizer = tokenizer
+        self.position, self.csc = position, csc
+        width = text_width(model)
+        device = model.token_embedding.weight.device
+        ctx_init = (ctx_init or "").strip().replace("_", " ")
+        if ctx_init:
+            n_ctx = _n_word_tokens(tokenizer, ctx_init)
+            with torch.no_grad():
+                tok = _tokens(tokenizer, [ctx_init]).to(device)
+                vec = model.token_embedding(tok)[0, 1 : 1 + n_ctx].float().clone()
+            if csc:
+                vec = vec.unsqueeze(0).repeat(n_classes, 1, 1)
+            self.prompt_prefix = ctx_init
+        else:
+            if n_ctx < 1:
+                raise FewclipError(f"n_ctx must be >= 1, got {n_ctx}")
+            shape = (n_classes, n_ctx, width) if csc else (n_ctx, width)
+            vec = torch.empty(shape, device=device).normal_(0, init_std)
+            self.prompt_prefix = " ".join(["X"] * n_ctx)
+        if csc and not n_classes:
+            raise FewclipError("class-specific contexts (csc) need the number of classes")
+        self.n_ctx = n_ctx
+        self.ctx = nn.Parameter(vec)
+        self._banks: dict[tuple, PromptBank] = {}
+
+    @property
+    def model(self):
+        return self._model[0]
+
+    def bank(self, names: list[str]) -> PromptBank:
+        key = tuple(names)
+        if key not in self._banks:
+            model = self.model
+            clean = [n.replace("_", " ") for n in names]
+            texts = [f"{self.prompt_prefix} {n}." for n in clean]
+            tokens = _tokens(self._tokenizer, texts).to(model.token_embedding.weight.device)
+            length = int(tokens.argmax(-1).max()) + 1 if model.attn_mask is not None else tokens.shape[1]
+            tokens = tokens[:, :length]
+            with torch.no_grad():
+                emb = model.token_embedding(tokens).float()
+            name_lens = [_n_word_tokens(self._tokenizer, n) for n in clean]
+            self._banks[key] = PromptBank(list(names), tokens, emb[:, :1], emb[:, 1 + self.n_ctx :], name_lens)
+        return self._banks[key]
+
+    def embeddings(self, bank: PromptBank, ctx: torch.Tensor | None = None,
+                   class_index: torch.Tensor | None = None, per_image: bool = False) -> torch.Tensor:
+        """Prompt embeddings [C, L, w]. ctx: the learned [M, w] (shared) or [C_train, M, w] (CSC,
+        rows picked by `class_index`, the training index of each of the bank's classes); with
+        `per_image`, ctx is [B, M, w] (CoCoOp: one context per image) and the result [B, C, L, w]."""
+        ctx = self.ctx if ctx is None else ctx
+        C = len(bank.names)
+        prefix, suffix = bank.prefix.to(ctx.dtype), bank.suffix.to(ctx.dtype)
+        if per_image:
+            B = ctx.shape[0]
+            ctx = ctx.unsqueeze(1).expand(B, C, -1, -1).reshape(B * C, self.n_ctx, -1)
+
+            def rep(t):
+                return t.unsqueeze(0).expand(B, -1, -1, -1).reshape(B * C, t.shape[1], t.shape[2])
+
+            out = self._assemble(rep(prefix), ctx, rep(suffix), bank.name_lens * B)
+            return out.reshape(B, C, out.shape[1], out.shape[2])
+        if ctx.dim() == 2:
+            ctx = ctx.unsqueeze(0).expand(C, -1, -1)
+        else:  # CSC
+            if class_index is None:
+                if ctx.shape[0] != C:
+                    raise FewclipError("class-specific contexts need the training index of each class")
+            else:
+                ctx = ctx[class_index.to(ctx.device)]
+        return self._assemble(prefix, ctx, suffix, bank.name_lens)
+
+    def _assemble(self, prefix, ctx, suffix, name_lens) -> torch.Tensor:
+        if self.position == "end":
+            return torch.cat([prefix, ctx, suffix], dim=1)
+        rows = []
+        half = self.n_ctx // 2
+        for i, n in enumerate(name_lens):
+            name, rest = suffix[i : i + 1, :n], suffix[i : i + 1, n:]
+            c = ctx[i : i + 1]
+            if self.position == "middle":
+                rows.append(torch.cat([prefix[i : i + 1], c[:, :half], name, c[:, half:], rest], dim=1))
+            else:
+                rows.append(torch.cat([prefix[i : i + 1], name, c, rest], dim=1))
+        return torch.cat(rows)
+
+
+def encode_text_embeddings(model, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's `encode_text` from token embeddings x [N, L, w] (L <= context length);
+    returns unnormalised features [N, d]."""
+    from open_clip.transformer import text_global_pool
+
+    cast = model.transformer.get_cast_dtype()
+    L = x.shape[1]
+    x = x.to(cast) + model.positional_embedding[:L].to(cast)
+    mask = model.attn_mask[:L, :L] if model.attn_mask is not None else None
+    x = model.transformer(x, attn_mask=mask)
+    x = model.ln_final(x)
+    pooled = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if isinstance(pooled, tuple):  # older open_clip returns (pooled, tokens)
+        pooled = pooled[0]
+    proj = model.text_projection
+    if proj is None:
+        return pooled
+    return proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
+
+
+def encode_prompts(learner: TextPrompts, bank: PromptBank, ctx=None, class_index=None,
+                   per_image: bool = False) -> torch.Tensor:
+    """L2-normalised text features: [C, d], or [B, C, d] for per-image contexts [B, M, w]."""
+    emb = learner.embeddings(bank, ctx, class_index, per_image)
+    if emb.dim() == 4:
+        B, C = emb.shape[:2]
+        feats = encode_text_embeddings(learner.model, emb.reshape(B * C, *emb.shape[2:]),
+                                       bank.tokens.repeat(B, 1)).reshape(B, C, -1)
+    else:
+        feats = encode_text_embeddings(learner.model, emb, bank.tokens)
+    return feats / feats.norm(dim=-1, keepdim=True)
+
+
+# ----------------------------------------------------------------------------- visual prompts
+
+
+def require_vit(backbone, method: str) -> None:
+    visual = backbone.model.visual
+    if not hasattr(visual, "transformer") or not hasattr(visual, "_embeds"):
+        raise FewclipError(
+            f"visual prompting needs a ViT backbone; method '{method}' cannot run on '{backbone.name}' "
+            f"({type(visual).__name__}). Use ViT-B-32/ViT-B-16 or fewclip-tiny-vit"
+        )
+
+
+def vit_dims(visual) -> tuple[int, int]:
+    """(number of transformer layers, width) of an open_clip VisionTransformer."""
+    blocks = visual.transformer.resblocks
+    return len(blocks), int(visual.class_embedding.shape[0])
+
+
+class VisualPrompts(nn.Module):
+    """VPT-deep: n learned tokens per ViT layer, [layers, n, width], N(0, std) init."""
+
+    def __init__(self, layers: int, n: int, width: int, init_std: float = 0.02, device=None):
+        super().__init__()
+        self.n = n
+        self.tokens = nn.Parameter(torch.empty(layers, n, width, device=device).normal_(0, init_std))
+
+
+def encode_image(visual, images: torch.Tensor, deep: torch.Tensor | None = None,
+                 extra: dict[int, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+                 ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Image features (unnormalised, [B, d]) of open_clip's VisionTransformer with prompts.
+
+    deep: [layers, n, w] tokens appended before each layer (replacing the previous ones);
+    extra: {layer index (0-based): fn(tokens before that layer, detached) -> [B, K, w]} for
+    class-aware tokens appended after the deep ones. Returns the features and, per `extra`
+    layer, the outputs of its extra tokens after that layer."""
+    x = visual._embeds(images)
+    B, T = x.shape[0], x.shape[1]
+    blocks = visual.transformer.resblocks
+    batch_first = getattr(visual.transformer, "batch_first", True)
+    outs: dict[int, torch.Tensor] = {}
+    for i, blk in enumerate(blocks):
+        parts = [x[:, :T]]
+        if deep is not None and deep.shape[1]:
+            parts.append(deep[i].to(x.dtype).unsqueeze(0).expand(B, -1, -1))
+        k = 0
+        if extra and i in extra:
+            e = extra[i](x[:, :T].detach()).to(x.dtype)
+            parts.append(e)
+            k = e.shape[1]
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        if batch_first:
+            x = blk(x)
+        else:
+            x = blk(x.transpose(0, 1)).transpose(0, 1)
+        if k:
+            outs[i] = x[:, x.shape[1] - k :]
+    x = x[:, :T]
+    pooled, _ = visual._pool(x)
+    if visual.proj is not None:
+        pooled = pooled @ visual.proj
+    return pooled, outs
