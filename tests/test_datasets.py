@@ -68,7 +68,7 @@ def test_registry():
     assert get_spec("oxford_flowers").tip_init_alpha == 10
 
 
-@pytest.mark.parametrize("name", list(DATASETS))
+@pytest.mark.parametrize("name", list(BENCHMARK_DATASETS))
 def test_reader_on_fixture(data_root, name):
     ds = load_dataset(name, data_root)
     assert ds.name == name and ds.root == Path(data_root).absolute()

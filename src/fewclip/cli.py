@@ -17,6 +17,7 @@ from .errors import FewclipError
 VERB_MODULES = [
     "fewclip.commands",  # doctor, split, encode, run, methods
     "fewclip.analysis.commands",  # collect, report
+    "fewclip.data.download",  # download
 ]
 
 
