@@ -77,7 +77,8 @@ def fit_inputs(wildcards):
 
 def fit_args(wildcards):
     """The `fewclip run` arguments of one cell, shell-quoted (no config value reaches the shell raw)."""
-    return shlex.join(["--shots", wildcards.shots, "--seed", wildcards.seed]) + " " + _method_args(wildcards)
+    cell = shlex.join(["--shots", wildcards.shots, "--seed", wildcards.seed])
+    return f"{cell} {_method_args(wildcards)}"
 
 
 def batch_shots(protocol):
@@ -104,12 +105,13 @@ def batch_inputs(wildcards):
 
 def batch_args(wildcards):
     """`fewclip run` over all (shots, seed) cells of the job, in one process."""
-    run = f"results/runs/{wildcards.protocol}/{wildcards.backbone}/{wildcards.dataset}/{wildcards.method}"
-    shots = [str(k) for k in batch_shots(wildcards.protocol)]
+    w = wildcards
+    out = f"results/runs/{w.protocol}/{w.backbone}/{w.dataset}/{w.method}/{{shots}}shot/seed{{seed}}"
+    shots = [str(k) for k in batch_shots(w.protocol)]
     seeds = [str(s) for s in config["seeds"]]
-    return shlex.join(["--shots", *shots, "--seed", *seeds, "--out", run + "/{shots}shot/seed{seed}",
-                       "--manifest", manifest_path(wildcards.dataset, "{shots}", "{seed}")]) \
-        + " " + _method_args(wildcards)
+    cells = shlex.join(["--shots", *shots, "--seed", *seeds, "--out", out,
+                        "--manifest", manifest_path(w.dataset, "{shots}", "{seed}")])
+    return f"{cells} {_method_args(w)}"
 
 
 def _method_args(wildcards):
