@@ -193,7 +193,7 @@ def extrapolate(enc: dict, steps: dict, cfg_path: Path) -> dict:
 
     config = yaml.safe_load(cfg_path.read_text())
     image_methods = set(config.get("image_methods", ["coop", "cocoop", "vpt", "vlp", "dpt"]))
-    train_s = 0.0
+    train_s, by_method = 0.0, {}
     for c in expand_grid(config):
         if c.method not in image_methods or c.dataset not in DATASETS:
             continue
@@ -204,13 +204,15 @@ def extrapolate(enc: dict, steps: dict, cfg_path: Path) -> dict:
         batch = int(hp.get("batch_size", 32))
         ref = steps["cocoop"] if c.method == "cocoop" else steps["coop"]
         per_step = ref["seconds_per_step"] * (0.5 + 0.5 * n_cls / ref["classes"]) * batch / ref["batch"]
-        train_s += int(hp["epochs"]) * math.ceil(c.shots * n_cls / batch) * per_step
+        seconds = int(hp["epochs"]) * math.ceil(c.shots * n_cls / batch) * per_step
+        train_s += seconds
+        by_method[c.method] = by_method.get(c.method, 0.0) + seconds / 3600
     rate = min(e["images_per_s"] for e in enc.values())
     test_images = sum(n for _, n in DATASETS.values()) + sum(DG_TEST.values())
     n_backbones = len(config["backbones"])
     encode_s = n_backbones * test_images / rate
     return {"train_hours": train_s / 3600, "encode_hours": encode_s / 3600,
-            "total_hours": (train_s + encode_s) / 3600}
+            "total_hours": (train_s + encode_s) / 3600, "train_hours_by_method": by_method}
 
 
 def main() -> int:
@@ -258,6 +260,7 @@ def main() -> int:
               f"{1000 * s['seconds_per_step']:8.1f} {pk:>9s}")
     print(f"paper grid on one such device (extrapolated): train {grid['train_hours']:.1f} h + "
           f"encode {grid['encode_hours']:.2f} h = {grid['total_hours']:.1f} h")
+    print("  by method (h): " + ", ".join(f"{m} {h:.1f}" for m, h in sorted(grid["train_hours_by_method"].items())))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

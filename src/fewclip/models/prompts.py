@@ -152,6 +152,9 @@ class TextPrompts(nn.Module):
         return torch.cat(rows)
 
 
+CHECKPOINT_TOKENS = 1 << 17  # sequences × tokens above which the text encoder recomputes activations
+
+
 def encode_text_embeddings(model, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """open_clip's `encode_text` from token embeddings x [N, L, w] (L <= context length);
     returns unnormalised features [N, d]."""
@@ -161,7 +164,15 @@ def encode_text_embeddings(model, x: torch.Tensor, tokens: torch.Tensor) -> torc
     L = x.shape[1]
     x = x.to(cast) + model.positional_embedding[:L].to(cast)
     mask = model.attn_mask[:L, :L] if model.attn_mask is not None else None
-    x = model.transformer(x, attn_mask=mask)
+    # Many sequences with gradients (CoCoOp: batch × classes prompts, 32 000 at ImageNet scale)
+    # would keep every layer's activations; recompute them per block in the backward instead.
+    recompute = torch.is_grad_enabled() and x.shape[0] * L > CHECKPOINT_TOKENS
+    before = model.transformer.grad_checkpointing
+    model.transformer.grad_checkpointing = before or recompute
+    try:
+        x = model.transformer(x, attn_mask=mask)
+    finally:
+        model.transformer.grad_checkpointing = before
     x = model.ln_final(x)
     pooled = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
     if isinstance(pooled, tuple):  # older open_clip returns (pooled, tokens)
