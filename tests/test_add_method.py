@@ -57,3 +57,30 @@ def test_plugin_method_runs_through_fewclip_run(tmp_path):
     env.pop("FEWCLIP_PLUGINS")
     proc = _fewclip(["run", *common, "--out", str(tmp_path / "runs" / "none")], env)
     assert proc.returncode != 0 and "unknown method 'nearest_mean'" in proc.stdout + proc.stderr
+
+
+def test_plugin_method_runs_through_the_snakemake_grid(tmp_path):
+    """The same one-file method, named in the config, runs in the Snakemake grid."""
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    plugin = tmp_path / "nearest_mean.py"
+    plugin.write_text(_example())
+    cfg = {
+        "data_root": str(tmp_path / "data"), "generate_data": "none", "seeds": [1, 2], "device": "cpu",
+        "reports": False, "backbones": {"tiny": {"model": "fewclip-tiny-vit", "pretrained": "none"}},
+        "protocols": {"fewshot": {"datasets": ["oxford_pets"], "shots": [1, 2],
+                                  "runs": [{"backbone": "tiny", "methods": ["nearest_mean"]}]}},
+    }
+    write_fixture("oxford_pets", tmp_path / "data")
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "FEWCLIP_PLUGINS": str(plugin), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([str(bin_dir / "snakemake"), "--snakefile", str(repo / "Snakefile"), "--directory",
+                           str(tmp_path), "--configfile", str(tmp_path / "cfg.yaml"), "--cores", "2",
+                           "--config", "batch_cells=True"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted((tmp_path / "results" / "runs" / "fewshot" / "tiny" / "oxford_pets" / "nearest_mean").glob("*/*/metrics.json"))
+    assert len(runs) == 4
+    assert all(json.loads(p.read_text())["method"] == "nearest_mean" for p in runs)

@@ -184,3 +184,12 @@ def test_run_rejects_bad_arguments(fixture_root, tmp_path, args, message):
 def test_methods_lists_the_registry():
     proc = fewclip("methods", check=True)
     assert "zeroshot" in proc.stdout
+
+
+def test_builtin_method_names_match_the_registry(monkeypatch):
+    from fewclip.grid import BUILTIN_METHODS
+    from fewclip.methods import REGISTRY, load_all
+
+    load_all()
+    builtin = {n for n, c in REGISTRY.items() if c.__module__.startswith("fewclip.methods.")}
+    assert builtin == set(BUILTIN_METHODS)

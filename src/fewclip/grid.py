@@ -10,6 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+# The methods that ship with fewclip (the registry must list exactly these; a test checks it).
+# Snakemake checks config names against this without importing torch; other names are looked up
+# in the registry, which includes the user's FEWCLIP_PLUGINS.
+BUILTIN_METHODS = ("zeroshot", "linear_probe", "coop", "cocoop", "clip_adapter", "tip_adapter",
+                   "tip_adapter_f", "vpt", "vlp", "dpt")
+
+
 @dataclass(frozen=True)
 class Cell:
     protocol: str  # "fewshot" | "base2new" | "dg"

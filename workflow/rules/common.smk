@@ -4,7 +4,7 @@ import shlex
 
 from snakemake.utils import validate
 
-from fewclip.grid import expand_grid
+from fewclip.grid import BUILTIN_METHODS, expand_grid
 
 
 validate(config, "../schemas/config.schema.yaml")
@@ -215,8 +215,8 @@ def encode_runtime(wildcards):
 
 
 def check_names():
-    """Backbone keys the runs name must be defined under `backbones` (the schema checks methods
-    and datasets); stop before any job with the key and the allowed values."""
+    """Backbone keys the runs name must be defined under `backbones`, methods must be registered
+    (the schema checks datasets); stop before any job with the key and the allowed values."""
     for protocol, p in config["protocols"].items():
         for i, run in enumerate(p.get("runs", [])):
             if run["backbone"] not in config["backbones"]:
@@ -224,6 +224,18 @@ def check_names():
                     f"config key protocols.{protocol}.runs[{i}].backbone: '{run['backbone']}' is not defined "
                     f"under `backbones` (allowed: {', '.join(sorted(config['backbones']))})"
                 )
+            unknown = [m for m in run["methods"] if m not in BUILTIN_METHODS]
+            if unknown:  # a user's method: ask the registry (imports torch, so only then)
+                from fewclip.methods import load_all
+
+                registered = load_all()
+                for m in unknown:
+                    if m not in registered:
+                        raise ValueError(
+                            f"config key protocols.{protocol}.runs[{i}].methods: unknown method '{m}'; "
+                            f"registered: {', '.join(sorted(registered))} (a method of your own is "
+                            "registered by naming its file in FEWCLIP_PLUGINS)"
+                        )
 
 
 check_names()

@@ -12,6 +12,10 @@ rule generate_data:
         "../envs/fewclip.yaml"
     wildcard_constraints:
         kind="fixtures|demo",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     shell:
         "fewclip generate {wildcards.kind:q} --out {params.root:q} > {log:q} 2>&1"
 
@@ -24,6 +28,12 @@ rule split:
         manifest="results/splits/{dataset}/{preset}/{shots}shot_seed{seed}.json",
     params:
         root=lambda wc: DATA_ROOT,
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    group:
+        "splits"
     log:
         "logs/split/{dataset}/{preset}/{shots}shot_seed{seed}.log",
     benchmark:

@@ -11,9 +11,9 @@ rule encode:
         out=lambda wc, output: os.path.dirname(output.store),
     threads: 2
     resources:
-        gpu=lambda wc: 0 if config["device"] == "cpu" else 1,
-        mem_mb=lambda wc: 32000 if wc.dataset == "imagenet" else 8000,
-        runtime=lambda wc: 240 if wc.dataset == "imagenet" else 60,
+        gpu=encode_gpu,
+        mem_mb=encode_mem,
+        runtime=encode_runtime,
     log:
         "logs/encode/{backbone}/{dataset}.log",
     benchmark:

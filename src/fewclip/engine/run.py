@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -161,6 +162,10 @@ def _provenance(spec: RunSpec, manifest: dict, backbone_sha: str, device: torch.
         "open_clip": version("open_clip_torch"),
         "python": platform.python_version(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
+        # where it ran: the host, the SLURM job (None outside SLURM), the GPU the pool or SLURM gave it
+        "host": platform.node(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
 
 
