@@ -127,3 +127,14 @@ def test_config_values_cannot_inject_into_shell_commands(tmp_path):
                           env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
     assert not marker.exists()
     assert "'data; touch" in proc.stdout + proc.stderr
+
+
+def test_missing_data_root_and_missing_dataset_folder(tmp_path):
+    common = ["--method", "zeroshot", "--backbone", TINY, "--pretrained", "none", "--shots", 1, "--seed", 1,
+              "--device", "cpu", "--features", tmp_path / "f"]
+    proc = fewclip("run", "--data-root", tmp_path / "nowhere", "--dataset", "dtd", "--out", tmp_path / "a", *common)
+    assert proc.returncode == 2 and "data root" in proc.stderr and "does not exist" in proc.stderr
+    (tmp_path / "root").mkdir()
+    proc = fewclip("run", "--data-root", tmp_path / "root", "--dataset", "dtd", "--out", tmp_path / "b", *common)
+    assert proc.returncode == 2 and "split_zhou_DescribableTextures.json" in proc.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

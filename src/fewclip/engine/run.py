@@ -24,7 +24,7 @@ import torch
 from .. import __version__
 from ..data.datasets import Dataset, Item, base_new_split, get_spec, load_dataset
 from ..data.fewshot import base_new_manifest, make_manifest, read_manifest
-from ..errors import ConfigError, FewclipError
+from ..errors import ConfigError, DataError, FewclipError
 from ..io import atomic_path, sha256_json, write_json
 from ..methods import ClassSet, Method, NotApplicable, get_method, resolve_hparams
 from .features import Features, FeatureStore
@@ -221,6 +221,9 @@ def run_cell(spec: RunSpec) -> dict:
     device = _device(spec.device)
     torch.manual_seed(spec.seed)
 
+    if not Path(spec.data_root).is_dir():
+        raise DataError(f"data root {spec.data_root} does not exist; pass the folder that holds the datasets "
+                        "(CoOp layout) to --data-root, or prepare it with `fewclip download`")
     full = load_dataset(spec.dataset, spec.data_root)
     manifest = read_manifest(spec.manifest) if spec.manifest else make_manifest(full, spec.shots, spec.seed, spec.preset)
     if (manifest["dataset"], manifest["shots"], manifest["seed"]) != (spec.dataset, spec.shots, spec.seed):
