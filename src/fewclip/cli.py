@@ -15,8 +15,9 @@ import sys
 from .errors import FewclipError
 
 VERB_MODULES = [
-    "fewclip.commands",  # doctor, split, encode, run, methods
+    "fewclip.commands",  # doctor, generate, split, encode, run, methods
     "fewclip.analysis.commands",  # collect, report
+    "fewclip.demo_commands",  # pretrain-demo
     "fewclip.data.download",  # download
 ]
 
@@ -28,13 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fewclip {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for name in VERB_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -60,6 +60,12 @@ def backbone_cfg(key):
     return config["backbones"][key]
 
 
+def workflow_weights(key):
+    """A backbone checkpoint that a rule of this workflow writes (the demo's micro-CLIP)."""
+    pretrained = backbone_cfg(key)["pretrained"]
+    return [pretrained] if pretrained.startswith("results/") else []
+
+
 def store(backbone, dataset):
     return f"results/features/{backbone}/{dataset}/store.json"
 

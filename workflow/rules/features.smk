@@ -4,6 +4,7 @@ rule encode:
     input:
         data_ready(),
         manifests=lambda wc: manifests_for(wc.backbone, wc.dataset),
+        weights=lambda wc: workflow_weights(wc.backbone),
     output:
         store="results/features/{backbone}/{dataset}/store.json",
     params:

@@ -138,6 +138,7 @@ _SPECS = [
             "imagenet-r.tar from github.com/hendrycks/imagenet-r"),
 ]
 DATASETS: dict[str, DatasetSpec] = {s.name: s for s in _SPECS}
+BENCHMARK_DATASETS: tuple[str, ...] = tuple(DATASETS)  # the 15 of SPEC §4 (demo datasets are added below)
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -443,3 +444,28 @@ def base_new_labels(n_classes: int, part: str) -> list[int]:
     if part == "new":
         return list(range(m, n_classes))
     raise ConfigError(f"unknown base-to-new part {part!r}; valid: base, new")
+
+
+# ----------------------------------------------------------------------------- demo world
+# The embedded demo's generated datasets (fewclip.data.demo writes them), in the same layouts
+# and read by the same readers as the real ones. BENCHMARK_DATASETS keeps the 15 of SPEC §4.
+
+_DEMO_SOURCE = "generated: run `fewclip generate demo --out DATA_ROOT` (fewclip.data.demo)"
+_DEMO_SPECS = [
+    DatasetSpec("demo_shapes", "Demo-Shapes", "demo_shapes", "a photo of a {}.", "imagenet", "images",
+                "classnames.txt", 1.17, (7, 3), source=_DEMO_SOURCE),
+    DatasetSpec("demo_textures", "Demo-Textures", "demo_textures", "{} texture.", "split_json", "images",
+                "split_demo.json", 2, (13, 13), source=_DEMO_SOURCE),
+    DatasetSpec("demo_scenes", "Demo-Scenes", "demo_scenes", "a photo of a {}.", "split_json", "images",
+                "split_demo.json", 1.17, (12, 10), source=_DEMO_SOURCE),
+    DatasetSpec("demo_shapes_v2", "Demo-Shapes-V2", "demo_shapes_v2", "a photo of a {}.", "imagenet_v2",
+                "images", "classnames.txt", None, None, source=_DEMO_SOURCE),
+    DatasetSpec("demo_shapes_sketch", "Demo-Shapes-Sketch", "demo_shapes_sketch", "a photo of a {}.",
+                "imagenet_wnid", "images", "classnames.txt", None, None, source=_DEMO_SOURCE),
+    DatasetSpec("demo_shapes_a", "Demo-Shapes-A", "demo_shapes_a", "a photo of a {}.", "imagenet_subset",
+                "images", "classnames.txt", None, None, source=_DEMO_SOURCE),
+    DatasetSpec("demo_shapes_r", "Demo-Shapes-R", "demo_shapes_r", "a photo of a {}.", "imagenet_subset",
+                "images", "classnames.txt", None, None, source=_DEMO_SOURCE),
+]
+DEMO_DATASETS: tuple[str, ...] = tuple(s.name for s in _DEMO_SPECS)
+DATASETS.update({s.name: s for s in _DEMO_SPECS})
