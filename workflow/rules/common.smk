@@ -175,7 +175,9 @@ def gpu_for(wildcards):
 
 
 def threads_for(wildcards):
-    return 4 if wildcards.method in IMAGE_METHODS else 1
+    """Image-method jobs on a GPU get CPU cores for data loading; on a CPU-only run every job
+    takes one core, so `--cores N` runs N jobs side by side (small models scale poorly with threads)."""
+    return 4 if uses_gpu(wildcards) else 1
 
 
 def _cells_per_job(wildcards):

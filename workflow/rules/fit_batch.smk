@@ -10,7 +10,7 @@ rule fit_batch_fewshot:
         batch_outputs("fewshot"),
     params:
         args=batch_args,
-    threads: 2
+    threads: threads_for
     resources:
         gpu=gpu_for,
         mem_mb=mem_for,

@@ -147,7 +147,7 @@ class ImageInputs:
         items, ds = task.train.items, task.train.dataset
         batch_size = int(hp["batch_size"])
         drop_last = len(items) >= batch_size
-        transform = train_transform(task.train.image_size)
+        transform = train_transform(task.train.image_size, scale=(float(hp.get("crop_scale_min", 0.08)), 1.0))
         device = self.device
 
         def batches(epoch: int):

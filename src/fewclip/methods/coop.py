@@ -18,6 +18,8 @@ from . import ClassSet, Method, NotApplicable, register
 SGD_DEFAULTS = {
     "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine_epoch",
     "warmup_lr": 1e-5, "precision": "auto",
+    # the train transform's RandomResizedCrop scale (SPEC §1: 0.08-1); the engine reads it
+    "crop_scale_min": 0.08,
 }
 
 
