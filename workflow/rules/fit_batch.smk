@@ -1,41 +1,32 @@
 # `batch_cells: true`: one job per (protocol, backbone, dataset, method) runs all its
 # (shots, seed) cells in one process. For CPU demos and grids of cheap cells, where Python
 # start-up (~3 s) would dominate; every cell still gets its own declared run directory.
+# One rule per configured protocol (their shot lists differ).
 
 
-rule fit_batch_fewshot:
-    input:
-        unpack(batch_inputs),
-    output:
-        batch_outputs("fewshot"),
-    params:
-        args=batch_args,
-    threads: threads_for
-    resources:
-        gpu=gpu_for,
-        mem_mb=mem_for,
-        runtime=runtime_for,
-    log:
-        "logs/fit_batch/{protocol}/{backbone}/{dataset}/{method}.log",
-    benchmark:
-        "benchmarks/fit_batch/{protocol}/{backbone}/{dataset}/{method}.tsv"
-    conda:
-        "../envs/fewclip.yaml"
-    wildcard_constraints:
-        protocol="fewshot",
-    shell:
-        "fewclip run {params.args} > {log:q} 2>&1"
+for batch_protocol in config["protocols"]:
 
-
-use rule fit_batch_fewshot as fit_batch_base2new with:
-    output:
-        batch_outputs("base2new"),
-    wildcard_constraints:
-        protocol="base2new",
-
-
-use rule fit_batch_fewshot as fit_batch_dg with:
-    output:
-        batch_outputs("dg"),
-    wildcard_constraints:
-        protocol="dg",
+    rule:
+        name:
+            f"fit_batch_{batch_protocol}"
+        input:
+            unpack(batch_inputs),
+        output:
+            batch_outputs(batch_protocol),
+        params:
+            args=batch_args,
+        threads: threads_for
+        resources:
+            gpu=gpu_for,
+            mem_mb=mem_for,
+            runtime=runtime_for,
+        log:
+            "logs/fit_batch/{protocol}/{backbone}/{dataset}/{method}.log",
+        benchmark:
+            "benchmarks/fit_batch/{protocol}/{backbone}/{dataset}/{method}.tsv"
+        conda:
+            "../envs/fewclip.yaml"
+        wildcard_constraints:
+            protocol=batch_protocol,
+        shell:
+            "fewclip run {params.args} > {log:q} 2>&1"

@@ -1,0 +1,72 @@
+"""Wall time of the embedded demo (issue 7): `snakemake --cores all` on the default config in a
+fresh clone, then the demo's quality checks, read from the collected table.
+
+    python bench/demo_walltime.py [--keep DIR] [--json out.json]
+
+Prints the wall time, the time per rule (from Snakemake's benchmark files) and, per check,
+whether it holds: zero-shot ≥ 2× chance on every demo dataset; at 16 shots each trained method
+vs zero-shot on the source; zero-shot on every DG target below the source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--keep", help="run in this folder (kept) instead of a temporary one")
+    p.add_argument("--json")
+    args = p.parse_args()
+    work = Path(args.keep or tempfile.mkdtemp(prefix="fewclip-demo-"))
+    if not (work / "Snakefile").exists():
+        subprocess.run(["git", "clone", "-q", str(REPO), str(work)], check=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    t0 = time.perf_counter()
+    subprocess.run(["snakemake", "--cores", "all", "--quiet"], cwd=work, env=env, check=True)
+    wall = time.perf_counter() - t0
+
+    per_rule: dict[str, float] = {}
+    for tsv in (work / "benchmarks").rglob("*.tsv"):
+        rule = tsv.relative_to(work / "benchmarks").parts[0]
+        per_rule[rule] = per_rule.get(rule, 0.0) + float(pd.read_csv(tsv, sep="\t")["s"].iloc[0])
+
+    t = pd.read_parquet(work / "results" / "all_runs.parquet")
+    checks = []
+    zs = t[t.method == "zeroshot"]
+    for ds, g in zs.groupby("eval_dataset"):
+        acc, chance = g.top1.mean(), 100.0 / g.n_classes.iloc[0]
+        checks.append((f"zero-shot {ds} {acc:.1f} >= 2 x chance {2 * chance:.1f}", acc >= 2 * chance))
+    fs = t[(t.protocol == "fewshot") & (t.dataset == "demo_shapes") & (t.shots == 16)]
+    means = fs.groupby("method").top1.mean()
+    for method, acc in means.drop("zeroshot").items():
+        checks.append((f"16-shot demo_shapes {method} {acc:.1f} > zero-shot {means['zeroshot']:.1f}",
+                       acc > means["zeroshot"]))
+    dg = t[(t.protocol == "dg") & (t.method == "zeroshot")].groupby("eval_dataset").top1.mean()
+    for target, acc in dg.drop("demo_shapes").items():
+        checks.append((f"zero-shot DG {target} {acc:.1f} < source {dg['demo_shapes']:.1f}", acc < dg["demo_shapes"]))
+
+    print(f"demo: snakemake --cores all in a fresh clone: {wall / 60:.1f} min wall ({os.cpu_count()} cores)")
+    for rule, s in sorted(per_rule.items(), key=lambda kv: -kv[1]):
+        print(f"  {rule:22s} {s:7.1f} s (sum over jobs)")
+    for text, ok in checks:
+        print(f"  [{'ok' if ok else 'NO'}] {text}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"wall_s": wall, "per_rule_s": per_rule,
+                                               "checks": [{"check": c, "ok": ok} for c, ok in checks]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
