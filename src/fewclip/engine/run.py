@@ -105,14 +105,7 @@ class FeatureInputs:
         return cs if labels is None else cs.subset(labels)
 
     def test(self, ds: Dataset, labels=None) -> Features:
-        feats = self.store(ds).test()
-        if labels is None:
-            return feats
-        keep = torch.isin(feats.labels, torch.as_tensor(labels))
-        relabel = torch.full((int(feats.labels.max()) + 1,), -1, dtype=torch.long)
-        relabel[torch.as_tensor(labels)] = torch.arange(len(labels))
-        return Features([p for p, k in zip(feats.paths, keep.tolist()) if k], relabel[feats.labels[keep]],
-                        feats.features[keep])
+        return _keep_labels(self.store(ds).test(), labels)
 
     def logits(self, method: Method, feats: Features, classes: ClassSet) -> torch.Tensor:
         with torch.no_grad():
@@ -355,9 +348,7 @@ def _dg_classes(inputs, target: Dataset, source: Dataset, template_set: str) -> 
 
 def _feature_task(inputs: FeatureInputs, full, classes, train_items, val_items, spec, hp, device, base_labels):
     store = inputs.store(full)
-    relabel = None if base_labels is None else base_labels  # manifest labels are already relabelled
-    del relabel
-    train = store.fewshot([Item(it.path, it.label, it.classname) for it in train_items])
+    train = store.fewshot(train_items)  # manifest labels (base-to-new: already relabelled)
     train.labels = torch.tensor([it.label for it in train_items])
     val = store.fewshot(val_items) if val_items else Features([], torch.zeros(0, dtype=torch.long), train.features[:0])
     val.labels = torch.tensor([it.label for it in val_items], dtype=torch.long)
