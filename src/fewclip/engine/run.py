@@ -24,7 +24,7 @@ import torch
 from .. import __version__
 from ..data.datasets import Dataset, Item, base_new_split, get_spec, load_dataset
 from ..data.fewshot import base_new_manifest, make_manifest, read_manifest
-from ..errors import ConfigError, DataError, FewclipError
+from ..errors import ConfigError, DataError
 from ..io import atomic_path, sha256_json, write_json
 from ..methods import ClassSet, Method, NotApplicable, get_method, resolve_hparams
 from .features import Features, FeatureStore

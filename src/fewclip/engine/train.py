@@ -11,7 +11,6 @@ epoch; `schedule="cosine_iter"` (Tip-Adapter-F) anneals per iteration over all i
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.backbone import LOGIT_SCALE
-from ..models.prompts import TextPrompts, vit_dims
+from ..models.prompts import vit_dims
 from . import ClassSet
 from .coop import SGD_DEFAULTS, CoOp, PromptMethod
 from .vpt import VisualPromptMixin, dpt_epochs, visual_warmup
@@ -65,9 +65,7 @@ class VisionLanguagePrompts(VisualPromptMixin, PromptMethod):
     def setup(self, task):
         self.attach(task)
         hp = self.hp
-        self.prompt = TextPrompts(self.clip, self.backbone.tokenizer, int(hp["n_ctx"]), hp["ctx_init"],
-                                  bool(hp["csc"]), len(task.classes.names), hp["class_token_position"],
-                                  float(hp["init_std"])).to(task.device)
+        self.prompt = self.text_prompts(task)
         self.setup_visual(task)
         self.cavpt_at: list[int] = []
         if self.use_cavpt:

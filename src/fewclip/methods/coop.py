@@ -60,6 +60,13 @@ class PromptMethod(Method):
         self.train_classes = task.classes
         self._cache = {}
 
+    def text_prompts(self, task) -> TextPrompts:
+        """The learned text context of the CoOp family, from the method's hyper-parameters."""
+        hp = self.hp
+        return TextPrompts(self.clip, self.backbone.tokenizer, int(hp["n_ctx"]), hp["ctx_init"],
+                           bool(hp["csc"]), len(task.classes.names), hp["class_token_position"],
+                           float(hp["init_std"])).to(task.device)
+
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         f = self.clip.encode_image(images)
         return f / f.norm(dim=-1, keepdim=True)
@@ -88,10 +95,7 @@ class CoOp(PromptMethod):
 
     def setup(self, task):
         self.attach(task)
-        hp = self.hp
-        self.prompt = TextPrompts(self.clip, self.backbone.tokenizer, int(hp["n_ctx"]), hp["ctx_init"],
-                                  bool(hp["csc"]), len(task.classes.names), hp["class_token_position"],
-                                  float(hp["init_std"])).to(task.device)
+        self.prompt = self.text_prompts(task)
         return {"n_ctx": self.prompt.n_ctx}
 
     def _class_index(self, classes: ClassSet):
