@@ -84,3 +84,8 @@ def test_plugin_method_runs_through_the_snakemake_grid(tmp_path):
     runs = sorted((tmp_path / "results" / "runs" / "fewshot" / "tiny" / "oxford_pets" / "nearest_mean").glob("*/*/metrics.json"))
     assert len(runs) == 4
     assert all(json.loads(p.read_text())["method"] == "nearest_mean" for p in runs)
+
+
+def test_readme_shows_the_tested_example():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert _example() in readme, "README's 'Add a method' must show docs/adding-a-method.md's example"
