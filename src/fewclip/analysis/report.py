@@ -127,10 +127,13 @@ class Report:
                 trows.append({**cell, "baseline": baseline, "family": family, "n_seeds": res.n,
                               "mean_diff": float((a.loc[common] - b.loc[common]).mean()) if len(common) else np.nan,
                               "t": res.statistic, "p": res.pvalue, "note": res.note})
+                # plain dicts of the two columns `correct` reads: row access on the wide frame is slow
+                by_seed = _prediction_rows(rows)
+                base_by_seed = _prediction_rows(base)
                 for seed in common:
-                    ra = rows[rows["seed"] == seed].iloc[0]
-                    rb = base[base["seed"] == seed] if seed in set(base["seed"]) else base
-                    ca, cb = self.correct(ra), self.correct(rb.iloc[0])
+                    ra = by_seed[seed]
+                    rb = base_by_seed.get(seed, next(iter(base_by_seed.values())))
+                    ca, cb = self.correct(ra), self.correct(rb)
                     if ca is None or cb is None:
                         continue
                     joined = _match_images(ca, cb)
@@ -524,6 +527,14 @@ class Report:
         self.paper_vs_ours()
         self.write_index()
         return self.written
+
+
+def _prediction_rows(rows: pd.DataFrame) -> dict:
+    """seed → {"has_predictions", "metrics_dir"} of the first row of each seed (what `correct` reads)."""
+    out = {}
+    for rec in rows[["seed", "has_predictions", "metrics_dir"]].to_dict("records"):
+        out.setdefault(rec["seed"], rec)
+    return out
 
 
 def _match_images(a: pd.Series, b: pd.Series) -> pd.DataFrame:
