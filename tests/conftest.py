@@ -27,3 +27,14 @@ def fewclip(*args, cwd=None, env=None, check=False):
     if check and proc.returncode != 0:
         raise AssertionError(f"fewclip {' '.join(map(str, args))} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models are far faster on one CPU thread than on several contended ones."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

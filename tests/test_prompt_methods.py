@@ -15,16 +15,8 @@ from fewclip.methods import NotApplicable, get_method, resolve_hparams
 from fewclip.models.backbone import LOGIT_SCALE, load_backbone
 
 DATASET, SHOTS, SEED = "caltech101", 4, 1
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 METHODS = ["coop", "cocoop", "vpt", "vlp", "dpt"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models are far faster on one CPU thread than on several contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,11 @@ from fewclip.methods import get_method
 TIMINGS = {"train_seconds", "eval_seconds", "peak_mem_mb", "provenance", "train"}
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 class Killed(Exception):
     """Stands for the process dying between an epoch's end and its checkpoint."""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
