@@ -164,6 +164,50 @@ def test_micro_clip_zero_shot_targets(world, micro_clip):
     for name, top1 in acc.items():
         chance = 100.0 / len(load_dataset(name, world).classnames)
         assert top1 >= 2 * chance, (name, top1, acc)
-    assert 35.0 <= acc[SOURCE] <= 90.0, acc
+    assert 30.0 <= acc[SOURCE] <= 90.0, acc
     for name in TARGETS:
         assert acc[name] < acc[SOURCE], (name, acc)
+
+
+def _features(backbone, ds, items):
+    import torch
+
+    from fewclip.data.images import load_image
+    from fewclip.data.transforms import test_transform
+
+    tf = test_transform(backbone.image_size)
+    with torch.no_grad():
+        x = backbone.encode_images(torch.stack([tf(load_image(ds.abspath(it))) for it in items]))
+    return x.numpy(), np.array([it.label for it in items])
+
+
+@pytest.mark.parametrize("name", [SOURCE, "demo_textures"])
+def test_images_carry_more_than_their_class_names(world, micro_clip, name):
+    """What the few-shot methods can learn (habitats, palettes, the source's camera): a 16-shot
+    linear probe on the micro-CLIP's features, C searched on 4 held-out shots per class as the
+    method does, beats the zero-shot classifier by a clear margin."""
+    from fewclip.methods.linear_probe import accuracy, search_c
+    from fewclip.models.backbone import load_backbone
+    from fewclip.models.pretrain import MODEL, zero_shot_accuracy
+
+    backbone = load_backbone(MODEL, str(micro_clip[0]))
+    ds = load_dataset(name, world)
+    x, y = _features(backbone, ds, ds.train)
+    rank = np.array([np.sum(y[:i] == y[i]) for i in range(len(y))])  # index of the image within its class
+    train, val = rank < 16, (rank >= 16) & (rank < 20)
+    assert np.bincount(y[train]).min() == 16 and np.bincount(y[val]).min() == 4
+    probe = search_c(x[train], y[train], x[val], y[val], seed=1)
+    xt, yt = _features(backbone, ds, ds.test)
+    linear_probe = 100.0 * accuracy(probe["clf"], xt, yt)
+    zero_shot = zero_shot_accuracy(backbone, world, name)
+    assert linear_probe >= zero_shot + 10.0, (name, linear_probe, zero_shot)
+
+
+def test_the_source_camera_is_a_colour_cast(world):
+    """demo_shapes photos are blue-starved (CAMERA_CAST); the pretraining photos are not."""
+    source = load_dataset(SOURCE, world)
+    src = np.stack([np.asarray(Image.open(source.abspath(it))) for it in source.test[::10]]).astype(float)
+    pre = np.stack([demo.pretrain_pair(0, i)[0] for i in range(40)]).astype(float)
+    ratio = lambda a: a[..., 2].mean() / a[..., 0].mean()  # noqa: E731  (blue over red)
+    assert ratio(src) < 0.75 * ratio(pre)
+    assert np.array_equal(demo.camera(np.full((1, 1, 3), 200, np.uint8))[0, 0], [200, 170, 120])

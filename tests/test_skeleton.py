@@ -193,3 +193,22 @@ def test_builtin_method_names_match_the_registry(monkeypatch):
     load_all()
     builtin = {n for n, c in REGISTRY.items() if c.__module__.startswith("fewclip.methods.")}
     assert builtin == set(BUILTIN_METHODS)
+
+
+def test_seeded_transform_draws_as_under_a_global_seed_and_leaves_the_stream_alone():
+    """Per-image augmentations seed only the CPU generator (no CUDA seeding call per image)."""
+    from PIL import Image
+
+    from fewclip.data.transforms import apply_seeded, train_transform
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    transform = train_transform(32)
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a = apply_seeded(transform, image, 7)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        b = transform(image)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, apply_seeded(transform, image, 8))

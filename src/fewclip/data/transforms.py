@@ -32,3 +32,16 @@ def train_transform(size: int, scale: tuple[float, float] = (0.08, 1.0)):
 def view_transform(size: int):
     """Augmented views of the few-shot train images (Tip-Adapter's cache, feature-level training)."""
     return train_transform(size, scale=(0.5, 1.0))
+
+
+def apply_seeded(transform, image, seed: int):
+    """`transform(image)` with torch's CPU random stream seeded to `seed` (and restored after).
+
+    Seeds only the CPU generator the transforms draw from: `torch.manual_seed` would also queue a
+    CUDA seeding call, which on a CUDA build without a GPU records a stack trace every time
+    (a third of a CPU prompt-method run's time, before this)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        return transform(image)

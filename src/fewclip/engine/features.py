@@ -74,14 +74,13 @@ class ImageItems(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         from ..data.images import load_image
+        from ..data.transforms import apply_seeded
 
         item = self.items[i]
         image = load_image(self.dataset.abspath(item))
         if self.view is None:
             return self.transform(image), item.label
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(zlib.crc32(item.path.encode()) * 1009 + self.view + VIEW_SEED)
-            return self.transform(image), item.label
+        return apply_seeded(self.transform, image, zlib.crc32(item.path.encode()) * 1009 + self.view + VIEW_SEED), item.label
 
 
 def encode_items(backbone, dataset, items, transform, batch_size: int = 128, workers: int = 0,

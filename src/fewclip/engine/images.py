@@ -35,14 +35,13 @@ class _Images(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         from ..data.images import load_image
+        from ..data.transforms import apply_seeded
 
         item = self.items[i]
         image = load_image(self.dataset.abspath(item))
         if self.aug_seed is None:
             return self.transform(image), item.label
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.aug_seed * 1_000_003 + i)
-            return self.transform(image), item.label
+        return apply_seeded(self.transform, image, self.aug_seed * 1_000_003 + i), item.label
 
 
 @dataclass
