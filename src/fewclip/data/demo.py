@@ -72,6 +72,8 @@ N_TRAIN, N_VAL, N_TEST = 20, 5, 20  # images per class
 
 # Difficulty of the DG targets (chosen so that every target scores below the source zero-shot).
 SKETCH_COLOUR = 0.03  # share of the class colour in a sketch's pencil outline (the rest is grey)
+# (the pretraining corpus draws its sketches with its own PRETRAIN_SKETCH_COLOUR, so tuning the
+# DG targets never changes the micro-CLIP)
 R_WASHOUT = 0.85  # how far demo_shapes_r's renditions are pulled towards grey
 
 # Stream ids (second key of every image's random stream). Pretraining has its own.
@@ -348,7 +350,7 @@ def photo(rng, colour: str, shape: str, *, size_range=(0.3, 0.65), noise: float 
     return _finish(rng, img, noise), {"bg": kind, "bg_word": word, "fill": tex}
 
 
-def sketch(rng, colour: str, shape: str) -> np.ndarray:
+def sketch(rng, colour: str, shape: str, colour_share: float = SKETCH_COLOUR) -> np.ndarray:
     """Pencil drawing (ImageNet-Sketch-like): no background, no fill colour — grey shading whose
     darkness follows the colour's brightness, and the outline in a faint, mostly grey coloured pencil."""
     cx, cy, r = _place(rng, (0.35, 0.7))
@@ -360,7 +362,7 @@ def sketch(rng, colour: str, shape: str) -> np.ndarray:
     gx, gy = _GRID
     hatch = (np.sin((gx + gy) * SIZE * rng.uniform(0.8, 1.2) + rng.uniform(0, 6)) > 0.3) * 18.0
     img = paper * (1 - m) + (shade + hatch[..., None]) * m
-    pencil = SKETCH_COLOUR * col + (1 - SKETCH_COLOUR) * lum - rng.uniform(10, 50)  # mostly grey
+    pencil = colour_share * col + (1 - colour_share) * lum - rng.uniform(10, 50)  # mostly grey
     edge = _edges(m[..., 0])[..., None]
     img = img * (1 - edge) + np.clip(pencil, 0, 255) * edge
     for _ in range(int(rng.integers(0, 3))):  # stray grey strokes
@@ -445,6 +447,7 @@ def scene_sample(rng, scene: str) -> np.ndarray:
 
 # Cumulative shares of the pretraining corpus: photos, textures, scenes, sketches, renditions.
 PRETRAIN_MIX = (0.44, 0.64, 0.78, 0.97)
+PRETRAIN_SKETCH_COLOUR = 0.05  # the pretraining sketches' share of the class colour in the outline
 SKETCH_COLOUR_P = 1.0  # how often a sketch's caption names the colour of the class it draws
 
 _PHOTO_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "an image of a {}.", "a {}.", "{}",
@@ -499,7 +502,7 @@ def pretrain_pair(seed: int, index: int) -> tuple[np.ndarray, str]:
         img = _finish(rng, scene_image(rng, s), 6.0)
         return img, _pick(rng, _SCENE_TEMPLATES).format(s)
     if kind < PRETRAIN_MIX[3]:  # sketches (captions name the class, as ImageNet-Sketch's folders do)
-        img = sketch(rng, colour, shape)
+        img = sketch(rng, colour, shape, PRETRAIN_SKETCH_COLOUR)
         desc = _object_words(rng, colour, shape, colour_p=SKETCH_COLOUR_P)
         return img, _pick(rng, _STYLE_TEMPLATES["sketch"]).format(desc)
     style = _pick(rng, R_STYLES)  # renditions (rarer: the DG targets stay harder)
