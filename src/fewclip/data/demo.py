@@ -277,16 +277,21 @@ def plain_background(rng) -> np.ndarray:
     return np.broadcast_to(0.5 * c + 0.5 * rng.uniform(60, 200), (SIZE, SIZE, 3)).astype(np.float32)
 
 
+def habitat_background(rng, word: str) -> np.ndarray:
+    """The background named `word` (a scene or a texture)."""
+    if word in SCENES:
+        return scene_image(rng, word)
+    return texture_image(rng, word, contrast=rng.uniform(0.3, 0.7))
+
+
 def random_background(rng, weights=(0.3, 0.4, 0.3)) -> tuple[np.ndarray, str, str | None]:
     """(image, kind, word): kind plain | scene | texture, word = the scene or texture name."""
     kind = ["plain", "scene", "texture"][int(rng.choice(3, p=np.asarray(weights) / sum(weights)))]
     if kind == "plain":
         return plain_background(rng), kind, None
-    if kind == "scene":
-        s = SCENES[int(rng.integers(len(SCENES)))]
-        return scene_image(rng, s), kind, s
-    t = TEXTURES[int(rng.integers(len(TEXTURES)))]
-    return texture_image(rng, t, contrast=rng.uniform(0.3, 0.7)), kind, t
+    words = SCENES if kind == "scene" else TEXTURES
+    word = words[int(rng.integers(len(words)))]
+    return habitat_background(rng, word), kind, word
 
 
 def _place(rng, size_range) -> tuple[float, float, float]:
@@ -332,16 +337,10 @@ def _box_blur(img: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- image styles
 
 
-def habitat_background(rng, word: str) -> np.ndarray:
-    """The background named `word` (a scene or a texture)."""
-    if word in SCENES:
-        return scene_image(rng, word)
-    return texture_image(rng, word, contrast=rng.uniform(0.3, 0.7))
-
-
 def photo(rng, colour: str, shape: str, *, size_range=(0.3, 0.65), noise: float = 6.0,
-          bg_weights=(0.3, 0.4, 0.3), habitat: str | None = None, habitat_p: float = 0.0) -> tuple[np.ndarray, dict]:
-    if habitat is not None and rng.random() < habitat_p:
+          bg_weights=(0.3, 0.4, 0.3), habitat: str | None = None) -> tuple[np.ndarray, dict]:
+    """An object photo; with `habitat`, the background is that setting with probability HABITAT_P."""
+    if habitat is not None and rng.random() < HABITAT_P:
         bg, kind, word = habitat_background(rng, habitat), "habitat", habitat
     else:
         bg, kind, word = random_background(rng, bg_weights)
@@ -553,7 +552,7 @@ def _write_shapes(root: Path, seed: int) -> None:
         for label, (wnid, (colour, shape)) in enumerate(zip(shape_wnids(), SHAPE_CLASSES)):
             for i in range(n):
                 img, _ = photo(_rng(seed, "demo_shapes", split, label, i), colour, shape,
-                               habitat=HABITATS[label], habitat_p=HABITAT_P)
+                               habitat=HABITATS[label])
                 img = camera(img)
                 _write(base / "images" / split / wnid / f"{wnid}_{i:04d}.png", _png(img))
 
@@ -566,7 +565,7 @@ def _write_v2(root: Path, seed: int) -> None:
         for i in range(N_TEST):
             rng = _rng(seed, "demo_shapes_v2", "test", label, i)
             img, _ = photo(rng, colour, shape, size_range=(0.22, 0.45), noise=16.0, bg_weights=(0.1, 0.45, 0.45),
-                           habitat=HABITATS[label], habitat_p=HABITAT_P)
+                           habitat=HABITATS[label])
             img = camera(img)
             _write(base / "images" / str(label) / f"{i:04d}.png", _png(img))
 
