@@ -72,10 +72,28 @@ class Backbone:
         return feats / feats.norm(dim=-1, keepdim=True)
 
 
-def _is_openai_architecture(name: str) -> bool:
+def needs_quick_gelu(name: str, pretrained: str | None) -> bool:
+    """Whether weights `pretrained` of model `name` were trained with QuickGELU (SPEC §1).
+
+    open_clip builds GELU towers for `create_model('ViT-B-16', pretrained='openai')` and only
+    warns, which silently changes every feature. QuickGELU is forced for: the `openai` tag; any tag
+    whose open_clip pretrained config says `quick_gelu`; a local checkpoint of an architecture
+    that OpenAI released (RN50, ViT-B-16, ...: the files of OpenAI's `clip` package or state dicts
+    saved from its model). Model configs that set `quick_gelu` themselves (the `-quickgelu` names,
+    fewclip's tiny models) keep it."""
     from open_clip.pretrained import get_pretrained_cfg
 
-    return bool(get_pretrained_cfg(name, "openai"))
+    if pretrained in (None, "", "none"):
+        return False
+    if _is_local_file(pretrained):
+        return bool(get_pretrained_cfg(name, "openai"))
+    if pretrained == "openai":
+        return True
+    return bool(get_pretrained_cfg(name, pretrained).get("quick_gelu", False))
+
+
+def _is_local_file(pretrained: str) -> bool:
+    return os.path.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
 
 
 def load_backbone(name: str, pretrained: str = "openai", device: str | torch.device = "cpu",
@@ -97,13 +115,13 @@ def load_backbone(name: str, pretrained: str = "openai", device: str | torch.dev
             model = open_clip.create_model(name, pretrained=None, device="cpu")
         sha = f"random-init-seed{INIT_SEED}"
         pretrained = "none"
-    elif os.path.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+    elif _is_local_file(pretrained):
         path = Path(pretrained).expanduser()
         if not path.is_file():
             raise FewclipError(f"checkpoint file not found: {path}; pass an existing file to --pretrained")
         try:
             model = open_clip.create_model(
-                name, pretrained=str(path), device="cpu", force_quick_gelu=_is_openai_architecture(name)
+                name, pretrained=str(path), device="cpu", force_quick_gelu=needs_quick_gelu(name, str(path))
             )
         except RuntimeError as err:
             raise FewclipError(
@@ -120,7 +138,8 @@ def load_backbone(name: str, pretrained: str = "openai", device: str | torch.dev
                 "or a local checkpoint file, or 'none' for a random init"
             )
         try:
-            model = open_clip.create_model(name, pretrained=pretrained, device="cpu", cache_dir=cache_dir)
+            model = open_clip.create_model(name, pretrained=pretrained, device="cpu", cache_dir=cache_dir,
+                                           force_quick_gelu=needs_quick_gelu(name, pretrained))
         except RuntimeError as err:
             where = cache_dir or os.environ.get("HF_HUB_CACHE") or "~/.cache/huggingface/hub (or ~/.cache/clip)"
             raise FewclipError(

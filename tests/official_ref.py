@@ -1,0 +1,55 @@
+"""The official implementations' outputs on a tiny random CLIP (tests/data/official/README.md).
+
+Copied from the shared reference folder: `clip_tiny_vit.pt` (fp16-exact weights stored in fp16),
+`clip_tiny_rn_visual.pt` (the ResNet's visual tower; its text tower is the ViT file's) and one
+file per method. `backbone("vit" | "rn")` loads the tiny CLIP through fewclip's own loader
+(`load_backbone` with a local checkpoint, QuickGELU from the model config)."""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+import torch
+
+DATA = Path(__file__).resolve().parent / "data" / "official"
+MODELS = {"vit": "fewclip-ref-vit", "rn": "fewclip-ref-rn"}
+
+
+@functools.lru_cache(maxsize=None)
+def ref(name: str) -> dict:
+    """The stored outputs of one official case (`zeroshot`, `coop`, `cocoop`, `vpt`, `vlp`, `dpt`,
+    `tip`, `lpclip`, `schedules`)."""
+    return torch.load(DATA / f"{name}.pt", map_location="cpu", weights_only=True)
+
+
+@functools.lru_cache(maxsize=None)
+def checkpoint(kind: str = "vit") -> Path:
+    """A local checkpoint file of the tiny CLIP (the ResNet one is merged once into a temp folder)."""
+    if kind == "vit":
+        return DATA / "clip_tiny_vit.pt"
+    vit = torch.load(DATA / "clip_tiny_vit.pt", weights_only=True)
+    rn = torch.load(DATA / "clip_tiny_rn_visual.pt", weights_only=True)
+    merged = {k: v for k, v in vit.items() if not k.startswith("visual.")} | rn
+    path = Path(tempfile.mkdtemp(prefix="fewclip-ref-")) / "clip_tiny_rn.pt"
+    torch.save(merged, path)
+    return path
+
+
+def backbone(kind: str = "vit"):
+    """fewclip's Backbone of the tiny CLIP, fp32, CPU, eval mode."""
+    from fewclip.models.backbone import load_backbone
+
+    return load_backbone(MODELS[kind], str(checkpoint(kind)), "cpu")
+
+
+def close(a, b, tol: float = 1e-5, relative_to_max: bool = False) -> float:
+    """max |a - b| (divided by max |b| when `relative_to_max`), asserted <= tol; returns it."""
+    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    assert a.shape == b.shape, f"shape {tuple(a.shape)} != {tuple(b.shape)}"
+    err = (a - b).abs().max().item() if a.numel() else 0.0
+    if relative_to_max:
+        err /= max(b.abs().max().item(), 1e-12)
+    assert err <= tol, f"max difference {err:.3g} > {tol:g}"
+    return err
