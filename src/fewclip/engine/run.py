@@ -209,7 +209,7 @@ def run_cell(spec: RunSpec) -> dict:
     get_spec(spec.dataset)
     for t in spec.evals:
         get_spec(t)
-    hp = resolve_hparams(cls, spec.dataset, spec.shots, spec.preset, spec.overrides)
+    hp = resolve_hparams(cls, spec.dataset, spec.shots, spec.preset, spec.overrides, spec.protocol)
     out = Path(spec.out)
     device = _device(spec.device)
     torch.manual_seed(spec.seed)

@@ -4,7 +4,8 @@ FEWCLIP_PLUGINS) that subclasses `Method` and is decorated with `@register`.
 A method declares:
 - `name`, and `needs`: "features" (works on the feature store) or "images";
 - `hparams`: defaults, `presets`: overrides per preset ("clean", "official"), and optionally
-  `defaults_for(dataset, shots, preset)` for rules such as epochs per shot count;
+  `defaults_for(dataset, shots, preset, protocol)` for rules such as epochs per shot count or
+  the settings a protocol's official scripts use (a plugin may leave `protocol` out);
 - its math: `setup(task)` (build/initialise, may return selected values), `loss(batch, epoch)`
   when it trains, `finish(task)` after training, and `logits(x, classes)`.
 The engine (fewclip.engine) owns data, loops, devices, precision and checkpoints.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import os
 import pkgutil
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from torch import nn
 from ..errors import ConfigError
 
 REGISTRY: dict[str, type["Method"]] = {}
+PROTOCOLS = ("fewshot", "base2new", "dg")
 
 
 class NotApplicable(Exception):
@@ -60,8 +63,9 @@ class Method(nn.Module):
         self.hp = dict(hp)
 
     @classmethod
-    def defaults_for(cls, dataset: str, shots: int, preset: str) -> dict[str, Any]:
-        """Hyper-parameters that depend on the cell (epochs per shot count, per-dataset values)."""
+    def defaults_for(cls, dataset: str, shots: int, preset: str, protocol: str = "fewshot") -> dict[str, Any]:
+        """Hyper-parameters that depend on the cell (epochs per shot count, per-dataset values,
+        the protocol's official config)."""
         return {}
 
     # --- the method's math; the engine calls these ---
@@ -128,12 +132,20 @@ def get_method(name: str) -> type[Method]:
 
 
 def resolve_hparams(cls: type[Method], dataset: str, shots: int, preset: str,
-                    overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """defaults < per-cell rules < preset < user overrides; unknown keys and wrong types are errors."""
+                    overrides: dict[str, Any] | None = None, protocol: str = "fewshot") -> dict[str, Any]:
+    """defaults < per-cell rules < preset < user overrides; unknown keys and wrong types are errors.
+
+    The one place settings are resolved: `fewclip run` records its result under `hparams`, and
+    `fewclip plan` (what the workflow will run) prints the same dict."""
     if preset not in ("clean", "official"):
         raise ConfigError(f"unknown preset '{preset}'; use 'clean' or 'official'")
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol '{protocol}'; valid: {', '.join(PROTOCOLS)}")
     hp = dict(cls.hparams)
-    hp.update(cls.defaults_for(dataset, shots, preset))
+    if "protocol" in inspect.signature(cls.defaults_for).parameters:
+        hp.update(cls.defaults_for(dataset, shots, preset, protocol=protocol))
+    else:  # a plugin written against the older three-argument form
+        hp.update(cls.defaults_for(dataset, shots, preset))
     hp.update(cls.presets.get(preset, {}))
     for key, value in (overrides or {}).items():
         if key not in hp:

@@ -58,7 +58,7 @@ class VisionLanguagePrompts(VisualPromptMixin, PromptMethod):
     use_cavpt = False
 
     @classmethod
-    def defaults_for(cls, dataset, shots, preset):
+    def defaults_for(cls, dataset, shots, preset, protocol="fewshot"):
         return {"epochs": dpt_epochs(dataset, shots), "warmup_epochs": visual_warmup(dataset),
                 "guidance_epochs": 10 if dataset == "imagenet" else 30}
 

@@ -75,7 +75,7 @@ class CLIPAdapter(Method):
     presets = {"clean": {"select_ratio": True}, "official": {"select_ratio": False, "ratio": 0.2}}
 
     @classmethod
-    def defaults_for(cls, dataset, shots, preset):
+    def defaults_for(cls, dataset, shots, preset, protocol="fewshot"):
         if dataset == "imagenet" or shots == 1:
             return {"epochs": 50}
         return {"epochs": 100 if shots in (2, 4) else 200}

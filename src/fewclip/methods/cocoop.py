@@ -30,8 +30,8 @@ class CoCoOp(CoOp):
     presets = {"official": {"precision": "fp16"}}
 
     @classmethod
-    def defaults_for(cls, dataset, shots, preset):
-        return {}
+    def defaults_for(cls, dataset, shots, preset, protocol="fewshot"):
+        return {}  # vit_b16_c4_ep10_batch1_ctxv1 in every protocol
 
     def setup(self, task):
         info = super().setup(task)

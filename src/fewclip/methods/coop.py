@@ -24,9 +24,15 @@ SGD_DEFAULTS = {
 
 
 def coop_epochs(dataset: str, shots: int) -> int:
+    """CoOp's schedule (COOP.md): 1-shot 50, 2/4-shot 100, 8/16-shot 200; ImageNet 50 for every K."""
     if dataset == "imagenet":
         return 50
     return 50 if shots <= 1 else 100 if shots <= 4 else 200
+
+
+# CoOp as CoCoOp's baseline (base-to-new, domain generalization: `scripts/cocoop/*.sh`, SPEC §2.4):
+# config vit_b16_ctxv1 = 4 contexts from "a photo of a", 200 epochs; ImageNet vit_b16_ep50_ctxv1.
+COCOOP_BASELINE = {"n_ctx": 4, "ctx_init": "a photo of a", "csc": False, "class_token_position": "end"}
 
 
 class PromptMethod(Method):
@@ -90,7 +96,9 @@ class CoOp(PromptMethod):
     presets = {"official": {"precision": "fp16"}}
 
     @classmethod
-    def defaults_for(cls, dataset, shots, preset):
+    def defaults_for(cls, dataset, shots, preset, protocol="fewshot"):
+        if protocol in ("base2new", "dg"):
+            return {**COCOOP_BASELINE, "epochs": 50 if dataset == "imagenet" else 200}
         return {"epochs": coop_epochs(dataset, shots)}
 
     def setup(self, task):

@@ -16,6 +16,13 @@ class DPT(VisionLanguagePrompts):
     hparams = {**VL_HPARAMS, "cavpt": True, "cavpt_layers": 1, "cavpt_classes": 10, "cavpt_qk_dim": 32,
                "alpha": 0.3}
 
+    @classmethod
+    def defaults_for(cls, dataset, shots, preset, protocol="fewshot"):
+        hp = super().defaults_for(dataset, shots, preset, protocol)
+        if dataset in ("caltech101", "oxford_pets") and shots == 16:
+            hp["epochs"] = 60  # the DPT paper: DPT (not VLP) on Caltech101 and OxfordPets at 16 shots
+        return hp
+
     @property
     def use_cavpt(self) -> bool:  # type: ignore[override]
         return bool(self.hp["cavpt"])

@@ -89,7 +89,7 @@ class TipAdapter(_Cache):
     hparams = {"views": 10, "init_beta": 1.0, "search": True}
 
     @classmethod
-    def defaults_for(cls, dataset, shots, preset):
+    def defaults_for(cls, dataset, shots, preset, protocol="fewshot"):
         return _tip_defaults(dataset, preset)
 
     def setup(self, task) -> dict:
@@ -107,7 +107,7 @@ class TipAdapterF(_Cache):
                "batch_size": 256}
 
     @classmethod
-    def defaults_for(cls, dataset, shots, preset):
+    def defaults_for(cls, dataset, shots, preset, protocol="fewshot"):
         hp = _tip_defaults(dataset, preset)
         if preset == "official":
             hp["select_on_test"] = True  # the best epoch is chosen on the test set

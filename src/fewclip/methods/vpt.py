@@ -8,17 +8,18 @@ from __future__ import annotations
 from ..models.backbone import LOGIT_SCALE
 from ..models.prompts import VisualPrompts, encode_image, require_vit, vit_dims
 from . import ClassSet, register
-from .coop import SGD_DEFAULTS, PromptMethod
+from .coop import SGD_DEFAULTS, PromptMethod, coop_epochs
 
 
 def dpt_epochs(dataset: str, shots: int) -> int:
-    """DPT's schedule (its text: 1-shot 60, else 100; ImageNet 20), used for its baselines too."""
+    """VLP's and DPT's schedule (the DPT paper's text: 1-shot 60, else 100; ImageNet 20)."""
     if dataset == "imagenet":
         return 20
     return 60 if shots <= 1 else 100
 
 
 def visual_warmup(dataset: str) -> int:
+    """VLP's and DPT's visual warm-up: `VLP.py`/`DPT.py` force 1 epoch on ImageNet (VPT.py does not)."""
     return 1 if dataset == "imagenet" else 10
 
 
@@ -45,8 +46,10 @@ class VPT(VisualPromptMixin, PromptMethod):
     }
 
     @classmethod
-    def defaults_for(cls, dataset, shots, preset):
-        return {"epochs": dpt_epochs(dataset, shots), "warmup_epochs": visual_warmup(dataset)}
+    def defaults_for(cls, dataset, shots, preset, protocol="fewshot"):
+        # The DPT paper: VPT's max epoch equals CoOp's; `VPT.py` takes cfg.OPTIM's 10 warm-up epochs
+        # on every dataset (no ImageNet exception).
+        return {"epochs": coop_epochs(dataset, shots), "warmup_epochs": 10}
 
     def setup(self, task):
         self.attach(task)
