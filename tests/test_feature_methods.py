@@ -291,9 +291,9 @@ def test_grid_runs_and_encodes_each_image_once(pets, tmp_path, monkeypatch):
             encoded[(self.dataset.name, it.path, view)] += 1
         return original_encode(self, items, transform, desc, view)
 
-    def count(self, x):
+    def count(self, x, **kw):
         images[0] += x.shape[0]
-        return original_images(self, x)
+        return original_images(self, x, **kw)
 
     monkeypatch.setattr(FeatureStore, "_encode", record)
     monkeypatch.setattr(Backbone, "encode_images", count)

@@ -2,13 +2,45 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 import yaml
 
 from .errors import ConfigError
+
+MAX_SEED = 2**32 - 1  # what every RNG fewclip seeds (random, torch, numpy) accepts
+DEVICE_NAME = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+def _int_type(what: str, low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high]; anything else is a usage error (exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            span = f"{low}..{high}" if high is not None else f"{low} or more"
+            raise argparse.ArgumentTypeError(f"{what} must be {span}, got {value}")
+        return value
+
+    return parse
+
+
+seed_type = _int_type("a seed", 0, MAX_SEED)
+shots_type = _int_type("shots (K images per class)", 1)
+count_type = _int_type("a count", 0)
+
+
+def device_type(text: str) -> str:
+    if not DEVICE_NAME.match(text):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda, cuda:N or auto")
+    return text
 
 
 def register(sub) -> None:
@@ -22,7 +54,7 @@ def register(sub) -> None:
     p = sub.add_parser("generate", help="write a generated data root: tiny fixtures of all 15 layouts, or the demo")
     p.add_argument("kind", choices=["fixtures", "demo"])
     p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_type, default=0)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("methods", help="list the registered methods")
@@ -32,8 +64,8 @@ def register(sub) -> None:
     p = sub.add_parser("split", help="write the few-shot manifest of one (dataset, K, seed)")
     p.add_argument("--data-root", required=True)
     p.add_argument("--dataset", required=True)
-    p.add_argument("--shots", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--shots", type=shots_type, required=True)
+    p.add_argument("--seed", type=seed_type, required=True)
     p.add_argument("--preset", default="clean", choices=["clean", "official"])
     p.add_argument("--out", required=True, help="manifest JSON path")
     p.set_defaults(func=cmd_split)
@@ -43,10 +75,10 @@ def register(sub) -> None:
     p.add_argument("--data-root", required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--manifests", nargs="*", default=[], help="manifests whose images to encode (+ views)")
-    p.add_argument("--views", type=int, default=10, help="augmented views per few-shot train image")
+    p.add_argument("--views", type=count_type, default=10, help="augmented views per few-shot train image")
     p.add_argument("--templates", nargs="*", default=["dataset", "ensemble7"])
     p.add_argument("--out", required=True, help="the store folder: results/features/{backbone}/{dataset}")
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", type=count_type, default=0)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("run", help="run one grid cell (fit + evaluate) into a run directory")
@@ -54,9 +86,9 @@ def register(sub) -> None:
     p.add_argument("--data-root", required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--method", required=True)
-    p.add_argument("--shots", type=int, nargs="+", required=True,
+    p.add_argument("--shots", type=shots_type, nargs="+", required=True,
                    help="K; several values run several cells in one process (--out must then contain {shots})")
-    p.add_argument("--seed", type=int, nargs="+", required=True,
+    p.add_argument("--seed", type=seed_type, nargs="+", required=True,
                    help="seed(s); several values need {seed} in --out (and in --manifest)")
     p.add_argument("--out", required=True, help="run directory; may contain {shots} and {seed}")
     p.add_argument("--preset", default="clean", choices=["clean", "official"])
@@ -67,7 +99,7 @@ def register(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a hyper-parameter of the method (repeatable), e.g. --set epochs=1")
     p.add_argument("--config-hash", default="")
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", type=count_type, default=0)
     p.set_defaults(func=cmd_run)
 
 
@@ -75,7 +107,7 @@ def _backbone_args(p) -> None:
     p.add_argument("--backbone", required=True, help="open_clip model name, e.g. RN50, ViT-B-16, fewclip-tiny-vit")
     p.add_argument("--backbone-key", help="name used in paths (default: the model name)")
     p.add_argument("--pretrained", default="openai", help="open_clip tag, a checkpoint file, or none")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--device", default="auto", type=device_type, help="cpu, cuda, cuda:N or auto")
 
 
 def cmd_doctor(args) -> int:
@@ -158,12 +190,12 @@ def cmd_encode(args) -> int:
     from .data.fewshot import read_manifest
     from .engine.features import FeatureStore
     from .engine.run import _device
-    from .io import write_json
     from .models.backbone import load_backbone
 
     ds = load_dataset(args.dataset, args.data_root)
     backbone = load_backbone(args.backbone, args.pretrained, _device(args.device))
-    store = FeatureStore(Path(args.out), ds, lambda: backbone, args.workers)
+    store = FeatureStore(Path(args.out), ds, lambda: backbone, args.workers,
+                         model=args.backbone, pretrained=args.pretrained)
     for t in args.templates:
         store.text(t)
     store.test()
@@ -179,11 +211,15 @@ def cmd_encode(args) -> int:
         store.fewshot(every)
     if train and args.views:
         store.views(train, args.views)
-    write_json(Path(args.out) / "store.json",
-               {"model": args.backbone, "pretrained": backbone.pretrained, "sha256": backbone.sha256,
-                "dataset": ds.name, "images_encoded": store.images_encoded, "views": args.views})
+    store.write_manifest({"pretrained": backbone.pretrained, "sha256": backbone.sha256, "views": args.views})
     print(f"{ds.name}: {store.images_encoded} image encodings written to {args.out}")
     return 0
+
+
+def as_number(value):
+    from .methods import as_number as number
+
+    return number(value)
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -192,19 +228,19 @@ def parse_overrides(pairs: list[str]) -> dict:
         if "=" not in pair:
             raise ConfigError(f"--set expects KEY=VALUE, got '{pair}'")
         key, value = pair.split("=", 1)
+        if not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got '{pair}' (no key)")
         try:
-            out[key.strip()] = yaml.safe_load(value)
+            out[key.strip()] = as_number(yaml.safe_load(value))
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {pair}: value is not valid YAML ({err})") from err
     return out
 
 
 def cmd_run(args) -> int:
-    """One cell, or several (shots × seeds) in one process: cheap cells then share one start-up."""
+    """One cell, or several (shots × seeds) in one process: cheap cells then share one start-up.
+    Every cell is validated before the first one starts (a bad cell leaves nothing)."""
     from .gpus import claim
-
-    claim(args.device)  # before torch touches CUDA: one device of the lock-file pool (see fewclip.gpus)
-    from .engine.run import RunSpec, run_cell
 
     cells = [(k, s) for k in args.shots for s in args.seed]
     if len(cells) > 1:
@@ -214,19 +250,29 @@ def cmd_run(args) -> int:
                 raise ConfigError(f"several {flag} values need '{field}' in --out (and in --manifest) "
                                   "so that every cell gets its own run directory")
     overrides = parse_overrides(args.overrides)
+    claim(args.device)  # before torch touches CUDA: one device of the lock-file pool (see fewclip.gpus)
+    from .engine.run import RunSpec, run_cell, validate_spec
+
+    specs = []
     for k, s in cells:
         out = args.out.replace("{shots}", str(k)).replace("{seed}", str(s))
         manifest = args.manifest.replace("{shots}", str(k)).replace("{seed}", str(s)) if args.manifest else None
-        spec = RunSpec(
+        specs.append(RunSpec(
             data_root=args.data_root, dataset=args.dataset, method=args.method, backbone=args.backbone,
             backbone_key=args.backbone_key, pretrained=args.pretrained, out=out, shots=k, seed=s,
             preset=args.preset, overrides=overrides, device=args.device, protocol=args.protocol,
             evals=args.evals, manifest=manifest, features=args.features, config_hash=args.config_hash,
             workers=args.workers,
-        )
+        ))
+    if len({sp.out for sp in specs}) < len(specs):
+        raise ConfigError(f"--out {args.out} gives several cells the same run directory")
+    for spec in specs:
+        validate_spec(spec)
+    for spec in specs:
         m = run_cell(spec)
         top1 = "n/a" if m["top1"] is None else f"{m['top1']:.2f}"
-        print(f"{m['method']} {m['dataset']} {k}-shot seed {s}: top1 {top1}  → {out}", flush=True)
+        print(f"{m['method']} {m['dataset']} {spec.shots}-shot seed {spec.seed}: top1 {top1}  → {spec.out}",
+              flush=True)
     return 0
 
 

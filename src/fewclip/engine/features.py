@@ -5,6 +5,18 @@ Layout under `root/{backbone_key}/{dataset}/`:
 - `fewshot.pt`  the union of all few-shot manifests' train + val images (test transform)
 - `views.pt`    V augmented views (crop scale 0.5–1 + flip) of the union's train images
 - `text.pt`     hand-crafted text features of the classes, one entry per template set
+- `store.json`  what the store was computed from (its `source`) and how many images were encoded
+
+Image features are stored **raw** (the encoder's output before L2 normalisation, fp16):
+Tip-Adapter's keys average unnormalised views and CoOp's linear probe fits raw features
+(SPEC §2.3). `Features.features` is the normalised copy every other method reads, `Features.raw`
+the raw one.
+
+Every file records its `source`: the weights (sha256 of a local checkpoint, or the open_clip tag
+and version), the preprocessing, the encoder precision, the data root, and a digest of the exact
+image list (paths and labels of every split) and of the split file. A file whose source differs
+from the current one is stale: it is recomputed (with a message saying what changed), never
+reused, so a store is never stamped with weights or data it was not computed from.
 
 Files are dicts of tensors and string lists, written atomically, read with weights_only=True.
 Reading them needs torch only: jobs that use stored features never import open_clip.
@@ -12,6 +24,11 @@ Reading them needs torch only: jobs that use stored features never import open_c
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.metadata
+import json
+import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +36,17 @@ from pathlib import Path
 import torch
 
 from ..errors import FewclipError
-from ..io import atomic_path
+from ..io import atomic_path, sha256_file
 
 VIEW_SEED = 0
+STORE_FORMAT = 2  # 1: normalised features without a source; 2: raw features + source
+# The preprocessing of fewclip.data.transforms (SPEC §1); the size is the model's input size.
+PREPROCESS = {
+    "test": "resize shorter side (bicubic) + center crop + CLIP mean/std",
+    "views": "RandomResizedCrop scale 0.5-1 (bicubic) + horizontal flip + CLIP mean/std",
+    "view_seed": f"crc32(path) * 1009 + view + {VIEW_SEED}",
+}
+PRECISION = {"encoder": "fp32", "stored": "fp16 (raw, unnormalised)"}
 
 
 @dataclass
@@ -29,6 +54,7 @@ class Features:
     paths: list[str]
     labels: torch.Tensor  # [N] long
     features: torch.Tensor  # [N, d] (or [V, N, d] for views), float32, L2-normalised
+    raw: torch.Tensor | None = None  # the same rows before normalisation (the encoder's output)
 
     def select(self, paths: list[str]) -> "Features":
         """Rows for the given image paths, in that order."""
@@ -40,7 +66,12 @@ class Features:
                 "re-encode the features for the current manifests (fewclip encode)"
             )
         rows = torch.tensor([index[p] for p in paths], dtype=torch.long)
-        return Features(list(paths), self.labels[rows], self.features[..., rows, :])
+        raw = None if self.raw is None else self.raw[..., rows, :]
+        return Features(list(paths), self.labels[rows], self.features[..., rows, :], raw)
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True)
 
 
 def save(path: Path, obj: dict) -> None:
@@ -59,7 +90,66 @@ def load(path: Path) -> dict:
 
 def load_features(path: Path) -> Features:
     obj = load(path)
-    return Features(obj["paths"], obj["labels"].long(), obj["features"].float())
+    raw = obj["features"].float()
+    return Features(obj["paths"], obj["labels"].long(), normalise(raw), raw)
+
+
+# ------------------------------------------------------------------------------- provenance
+
+
+def weights_identity(model: str, pretrained: str | None) -> str:
+    """The weights, named without loading them (nor importing open_clip)."""
+    from ..models.backbone import INIT_SEED, is_local_file
+
+    if pretrained in (None, "", "none"):
+        return f"random-init-seed{INIT_SEED}"
+    if is_local_file(pretrained):
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise FewclipError(f"checkpoint file not found: {path}; pass an existing file to --pretrained")
+        st = path.stat()
+        return "sha256:" + _file_sha(str(path.resolve()), st.st_size, st.st_mtime_ns)
+    return f"open_clip:{model}:{pretrained}"
+
+
+@functools.lru_cache(maxsize=16)
+def _file_sha(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def split_digest(dataset) -> str:
+    """sha256 of the exact image list (paths and labels of every split, class names, template)
+    and of the split file it was read from."""
+    from ..data.datasets import get_spec
+
+    h = hashlib.sha256()
+    listing = {"classnames": list(dataset.classnames), "template": dataset.template,
+               **{s: [[it.path, it.label] for it in dataset.split(s)] for s in ("train", "val", "test")}}
+    h.update(json.dumps(listing, separators=(",", ":")).encode())
+    spec = get_spec(dataset.name)
+    split_file = Path(dataset.root) / spec.folder / spec.split_file
+    if split_file.is_file():
+        h.update(sha256_file(split_file).encode())
+    return h.hexdigest()
+
+
+def store_source(dataset, model: str, pretrained: str | None) -> dict:
+    """What a store of `dataset` encoded by (model, pretrained) is computed from."""
+    try:
+        open_clip_version = importlib.metadata.version("open_clip_torch")
+    except importlib.metadata.PackageNotFoundError:
+        open_clip_version = None
+    return {
+        "format": STORE_FORMAT, "model": model, "weights": weights_identity(model, pretrained),
+        "open_clip": open_clip_version, "preprocess": PREPROCESS, "precision": PRECISION,
+        "dataset": dataset.name, "data_root": str(Path(dataset.root).resolve()), "split": split_digest(dataset),
+    }
+
+
+def source_differences(old: dict | None, new: dict) -> list[str]:
+    if not old:
+        return ["no recorded source (written by an older fewclip)"]
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if old.get(k) != new.get(k)]
 
 
 class ImageItems(torch.utils.data.Dataset):
@@ -85,22 +175,24 @@ class ImageItems(torch.utils.data.Dataset):
 
 def encode_items(backbone, dataset, items, transform, batch_size: int = 128, workers: int = 0,
                  desc: str = "encode", view: int | None = None) -> torch.Tensor:
-    """[N, d] L2-normalised image features of `items`, in order, with a progress bar."""
+    """[N, d] raw (unnormalised) image features of `items`, in order, with a progress bar."""
     from tqdm import tqdm
 
     loader = torch.utils.data.DataLoader(
         ImageItems(dataset, items, transform, view), batch_size=batch_size, num_workers=workers,
         shuffle=False, pin_memory=backbone.device.type == "cuda",
     )
-    out = [backbone.encode_images(images).cpu() for images, _ in tqdm(loader, desc=desc, unit="batch", leave=False)]
+    out = [backbone.encode_images(images, normalize=False).cpu()
+           for images, _ in tqdm(loader, desc=desc, unit="batch", leave=False)]
     return torch.cat(out) if out else torch.zeros(0, backbone.embed_dim)
 
 
-def _record(items, feats) -> dict:
+def _record(items, feats, source: dict) -> dict:
     return {
         "paths": [it.path for it in items],
         "labels": torch.tensor([it.label for it in items], dtype=torch.long),
         "features": feats.half(),
+        "source": source,
     }
 
 
@@ -111,19 +203,48 @@ def _merge(old: dict | None, new: dict, axis: int = 0) -> dict:
         "paths": old["paths"] + new["paths"],
         "labels": torch.cat([old["labels"], new["labels"]]),
         "features": torch.cat([old["features"], new["features"]], dim=axis),
+        "source": new["source"],
     }
 
 
 class FeatureStore:
-    """One (backbone, dataset) folder of the store. `ensure_*` encode only what is missing,
+    """One (backbone, dataset) folder of the store. Its methods encode only what is missing,
     through `backbone()`, a callable that loads the backbone on first use (so a store that
-    already holds everything never imports open_clip)."""
+    already holds everything never imports open_clip). `model`/`pretrained` name the weights
+    the store must have been computed from; a stored file computed from anything else is
+    recomputed."""
 
-    def __init__(self, root: Path, dataset, backbone, workers: int = 0, batch_size: int = 128):
+    def __init__(self, root: Path, dataset, backbone, workers: int = 0, batch_size: int = 128, *,
+                 model: str, pretrained: str | None):
         self.root, self.dataset, self._backbone_fn = Path(root), dataset, backbone
         self._backbone = None
         self.workers, self.batch_size = workers, batch_size
         self.images_encoded = 0  # image-encoder calls made through this store (per image)
+        self.source = store_source(dataset, model, pretrained)
+        self.recomputed: list[str] = []  # files found stale and recomputed
+
+    def _current(self, path: Path) -> dict | None:
+        """The stored file if it was computed from this store's source, else None (stale: says why)."""
+        if not path.is_file():
+            return None
+        obj = load(path)
+        diff = source_differences(obj.get("source"), self.source)
+        if diff:
+            print(f"fewclip: {path} was computed from other inputs ({'; '.join(diff)}); recomputing it",
+                  file=sys.stderr, flush=True)
+            self.recomputed.append(path.name)
+            return None
+        return obj
+
+    def write_manifest(self, extra: dict | None = None) -> None:
+        """store.json: the source every file of the store was computed from."""
+        from ..io import write_json
+
+        write_json(self.root / "store.json", {
+            "model": self.source["model"], "sha256": self.source["weights"], "dataset": self.dataset.name,
+            "source": self.source, "images_encoded": self.images_encoded, "recomputed": self.recomputed,
+            **(extra or {}),
+        })
 
     @property
     def backbone(self):
@@ -140,7 +261,8 @@ class FeatureStore:
         from ..models.templates import class_text_features
 
         path = self.root / "text.pt"
-        obj = load(path) if path.is_file() else {"classnames": list(self.dataset.classnames), "templates": {}}
+        obj = self._current(path) or {"classnames": list(self.dataset.classnames), "templates": {},
+                                      "source": self.source}
         if obj["classnames"] != list(self.dataset.classnames):
             raise FewclipError(f"{path} was encoded for other class names; delete it and re-encode")
         if template_set not in obj["templates"]:
@@ -153,10 +275,10 @@ class FeatureStore:
         from ..data.transforms import test_transform
 
         path = self.root / "test.pt"
-        if not path.is_file():
+        if self._current(path) is None:
             items = self.dataset.test
             feats = self._encode(items, test_transform(self.backbone.image_size), f"{self.dataset.name} test")
-            save(path, _record(items, feats))
+            save(path, _record(items, feats, self.source))
         return load_features(path)
 
     def fewshot(self, items) -> Features:
@@ -164,12 +286,12 @@ class FeatureStore:
         from ..data.transforms import test_transform
 
         path = self.root / "fewshot.pt"
-        old = load(path) if path.is_file() else None
+        old = self._current(path)
         have = set(old["paths"]) if old else set()
         todo = _unique([it for it in items if it.path not in have])
         if todo:
             feats = self._encode(todo, test_transform(self.backbone.image_size), f"{self.dataset.name} few-shot")
-            save(path, _merge(old, _record(todo, feats)))
+            save(path, _merge(old, _record(todo, feats, self.source)))
         return load_features(path).select([it.path for it in items])
 
     def views(self, items, n_views: int) -> Features:
@@ -177,7 +299,7 @@ class FeatureStore:
         from ..data.transforms import view_transform
 
         path = self.root / "views.pt"
-        old = load(path) if path.is_file() else None
+        old = self._current(path)
         if old is not None and old["features"].shape[0] < n_views:
             raise FewclipError(f"{path} holds {old['features'].shape[0]} views, {n_views} are needed; "
                                "delete it and re-encode with more views")
@@ -187,9 +309,9 @@ class FeatureStore:
             size = self.backbone.image_size
             feats = torch.stack([self._encode(todo, view_transform(size), f"{self.dataset.name} view {v + 1}", v)
                                  for v in range(n_views)])
-            save(path, _merge(old, _record(todo, feats), axis=1))
+            save(path, _merge(old, _record(todo, feats, self.source), axis=1))
         out = load_features(path).select([it.path for it in items])
-        out.features = out.features[:n_views]
+        out.features, out.raw = out.features[:n_views], out.raw[:n_views]
         return out
 
 

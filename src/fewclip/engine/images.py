@@ -120,7 +120,8 @@ class ImageInputs:
 
     def store(self, ds: Dataset) -> FeatureStore:
         if ds.name not in self.stores:
-            self.stores[ds.name] = FeatureStore(self.root / ds.name, ds, lambda: self.backbone, self.spec.workers)
+            self.stores[ds.name] = FeatureStore(self.root / ds.name, ds, lambda: self.backbone, self.spec.workers,
+                                                model=self.spec.backbone, pretrained=self.spec.pretrained)
         return self.stores[ds.name]
 
     def classes(self, ds: Dataset, template_set: str, labels=None) -> ClassSet:

@@ -96,7 +96,8 @@ class FeatureInputs:
 
     def store(self, ds: Dataset) -> FeatureStore:
         if ds.name not in self.stores:
-            self.stores[ds.name] = FeatureStore(self.root / ds.name, ds, self.backbone_fn, self.spec.workers)
+            self.stores[ds.name] = FeatureStore(self.root / ds.name, ds, self.backbone_fn, self.spec.workers,
+                                                model=self.spec.backbone, pretrained=self.spec.pretrained)
         return self.stores[ds.name]
 
     def classes(self, ds: Dataset, template_set: str, labels=None) -> ClassSet:

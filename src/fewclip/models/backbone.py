@@ -67,9 +67,10 @@ class Backbone:
         return feats / feats.norm(dim=-1, keepdim=True)
 
     @torch.no_grad()
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+    def encode_images(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """fp32 image features, L2-normalised unless `normalize=False` (the raw encoder output)."""
         feats = self.model.encode_image(images.to(self.device)).float()
-        return feats / feats.norm(dim=-1, keepdim=True)
+        return feats / feats.norm(dim=-1, keepdim=True) if normalize else feats
 
 
 def needs_quick_gelu(name: str, pretrained: str | None) -> bool:
@@ -85,14 +86,14 @@ def needs_quick_gelu(name: str, pretrained: str | None) -> bool:
 
     if pretrained in (None, "", "none"):
         return False
-    if _is_local_file(pretrained):
+    if is_local_file(pretrained):
         return bool(get_pretrained_cfg(name, "openai"))
     if pretrained == "openai":
         return True
     return bool(get_pretrained_cfg(name, pretrained).get("quick_gelu", False))
 
 
-def _is_local_file(pretrained: str) -> bool:
+def is_local_file(pretrained: str) -> bool:
     return os.path.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
 
 
@@ -115,7 +116,7 @@ def load_backbone(name: str, pretrained: str = "openai", device: str | torch.dev
             model = open_clip.create_model(name, pretrained=None, device="cpu")
         sha = f"random-init-seed{INIT_SEED}"
         pretrained = "none"
-    elif _is_local_file(pretrained):
+    elif is_local_file(pretrained):
         path = Path(pretrained).expanduser()
         if not path.is_file():
             raise FewclipError(f"checkpoint file not found: {path}; pass an existing file to --pretrained")
