@@ -8,8 +8,9 @@ projected. A `PromptBank` holds the frozen prefix/suffix embeddings of one class
 any list (base-to-new's unseen names, DG targets) gets its own bank.
 
 Since CLIP's text transformer is causal, the output at the end-of-text token does not depend on
-the padding after it: sequences are cut after the longest prompt's EOT (exact, and several
-times faster than running all 77 positions).
+the positions after it, and positions shared by every prompt have the same hidden states:
+`text_encoder.encode_causal` runs each prompt only up to its own EOT and computes the shared
+[SOS, context] prefix once (once per image for CoCoOp), both exact (issue 19).
 
 Image side (VPT-deep / VLP / DPT): `encode_image` runs open_clip's `VisionTransformer` block by
 block and appends per-layer prompt tokens after the patch tokens, replacing the previous
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import FewclipError
+from .text_encoder import encode_causal, encode_text_open_clip, eot_index, fast_path_supported
 
 POSITIONS = ("end", "middle", "front")
 
@@ -152,47 +154,60 @@ class TextPrompts(nn.Module):
         return torch.cat(rows)
 
 
-CHECKPOINT_TOKENS = 1 << 17  # sequences × tokens above which the text encoder recomputes activations
+FAST_TEXT = True  # False: the path before issue 19 (every prompt padded, open_clip's transformer); benches compare
 
 
 def encode_text_embeddings(model, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """open_clip's `encode_text` from token embeddings x [N, L, w] (L <= context length);
-    returns unnormalised features [N, d]."""
-    from open_clip.transformer import text_global_pool
-
-    cast = model.transformer.get_cast_dtype()
-    L = x.shape[1]
-    x = x.to(cast) + model.positional_embedding[:L].to(cast)
-    mask = model.attn_mask[:L, :L] if model.attn_mask is not None else None
-    # Many sequences with gradients (CoCoOp: batch × classes prompts, 32 000 at ImageNet scale)
-    # would keep every layer's activations; recompute them per block in the backward instead.
-    recompute = torch.is_grad_enabled() and x.shape[0] * L > CHECKPOINT_TOKENS
-    before = model.transformer.grad_checkpointing
-    model.transformer.grad_checkpointing = before or recompute
-    try:
-        x = model.transformer(x, attn_mask=mask)
-    finally:
-        model.transformer.grad_checkpointing = before
-    x = model.ln_final(x)
-    pooled = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
-    if isinstance(pooled, tuple):  # older open_clip returns (pooled, tokens)
-        pooled = pooled[0]
-    proj = model.text_projection
-    if proj is None:
-        return pooled
-    return proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
+    returns unnormalised features [N, d]. Each prompt is computed only up to its end-of-text
+    token (text_encoder.encode_causal); models it does not cover go through open_clip itself."""
+    if FAST_TEXT and fast_path_supported(model):
+        return encode_causal(model, x, eot_index(model, tokens))[0]
+    return encode_text_open_clip(model, x, tokens)
 
 
 def encode_prompts(learner: TextPrompts, bank: PromptBank, ctx=None, class_index=None,
                    per_image: bool = False) -> torch.Tensor:
-    """L2-normalised text features: [C, d], or [B, C, d] for per-image contexts [B, M, w]."""
-    emb = learner.embeddings(bank, ctx, class_index, per_image)
-    if emb.dim() == 4:
-        B, C = emb.shape[:2]
-        feats = encode_text_embeddings(learner.model, emb.reshape(B * C, *emb.shape[2:]),
-                                       bank.tokens.repeat(B, 1)).reshape(B, C, -1)
+    """L2-normalised text features: [C, d], or [B, C, d] for per-image contexts [B, M, w].
+
+    With the class token at the end, the prompt is [SOS, ctx, name. EOT]: [SOS, ctx] is shared by
+    every class (CoOp: once; CoCoOp: once per image; CSC: only SOS) and is computed once
+    (text_encoder.encode_causal). `middle`/`front` run the whole prompts, still without padding."""
+    model = learner.model
+    if not (FAST_TEXT and fast_path_supported(model)):
+        emb = learner.embeddings(bank, ctx, class_index, per_image)
+        if emb.dim() == 4:
+            B, C = emb.shape[:2]
+            feats = encode_text_open_clip(model, emb.flatten(0, 1), bank.tokens.repeat(B, 1)).reshape(B, C, -1)
+        else:
+            feats = encode_text_open_clip(model, emb, bank.tokens)
+    elif learner.position != "end":
+        emb = learner.embeddings(bank, ctx, class_index, per_image)
+        ends = eot_index(model, bank.tokens)
+        if emb.dim() == 4:
+            B, C = emb.shape[:2]
+            feats = encode_causal(model, emb.flatten(0, 1), ends.repeat(B)).reshape(B, C, -1)
+        else:
+            feats = encode_causal(model, emb, ends)[0]
     else:
-        feats = encode_text_embeddings(learner.model, emb, bank.tokens)
+        ctx = learner.ctx if ctx is None else ctx
+        M = learner.n_ctx
+        sos = bank.prefix[:1].to(ctx.dtype)  # [1, 1, w], the same for every class
+        suffix = bank.suffix.to(ctx.dtype)
+        ends = eot_index(model, bank.tokens) - 1 - M  # EOT's index in the suffix
+        if per_image:  # [B, M, w]: one prefix per image
+            prefix = torch.cat([sos.expand(ctx.shape[0], -1, -1), ctx], dim=1)
+        elif ctx.dim() == 2:
+            prefix = torch.cat([sos, ctx.unsqueeze(0)], dim=1)
+        else:  # CSC: only SOS is shared
+            if class_index is not None:
+                ctx = ctx[class_index.to(ctx.device)]
+            elif ctx.shape[0] != len(bank.names):
+                raise FewclipError("class-specific contexts need the training index of each class")
+            prefix, suffix, ends = sos, torch.cat([ctx, suffix], dim=1), ends + M
+        feats = encode_causal(model, suffix, ends, prefix)
+        if not per_image:
+            feats = feats[0]
     return feats / feats.norm(dim=-1, keepdim=True)
 
 
