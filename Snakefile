@@ -5,7 +5,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The embedded demo's config, unless the run names its own: with --configfile, exactly those
+# files (+ --config) are used and nothing of the demo (`fewclip plan` reads configs the same way).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
 
 
 report: "workflow/report/workflow.rst"

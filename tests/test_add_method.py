@@ -43,7 +43,7 @@ def test_plugin_method_runs_through_fewclip_run(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["method"] == "nearest_mean" and m["status"] == "complete"
     assert m["top1"] is not None and m["n_test"] == 4 * 3 and m["n_classes"] == 4
-    assert m["hparams"]["scale"] == 50.0 and m["hparams"]["n_prototypes"] == 4
+    assert m["hparams"]["scale"] == 50.0 and m["selected"]["n_prototypes"] == 4
     assert (out / "predictions.parquet").is_file()
 
     # base-to-new: the prototypes exist only for the base classes, so new is n/a, not faked

@@ -199,7 +199,7 @@ def test_clip_adapter_loss_falls_on_fixture(pets, tmp_path, monkeypatch):
     first = np.mean([np.mean(per_epoch[e]) for e in range(5)])
     last = np.mean([np.mean(per_epoch[e]) for e in range(25, 30)])
     assert last < 0.8 * first
-    hp = m["hparams"]
+    hp = {**m["hparams"], **m["selected"]}  # settings, then what setup/search chose
     assert hp["ratio"] in (0.2, 0.4, 0.6, 0.8) and hp["ratio_selected_on"] == "fewshot_val"
     accs = hp["ratio_val_acc"]
     assert str(hp["ratio"]) == next(r for r, a in accs.items() if a == max(accs.values()))  # first best
@@ -315,7 +315,7 @@ def test_grid_runs_and_encodes_each_image_once(pets, tmp_path, monkeypatch):
     assert sum(1 for k in encoded if k[2] is None) > 0 and sum(1 for k in encoded if k[2] == 9) > 0
 
     for (preset, method, shots, seed), m in results.items():
-        hp = m["hparams"]
+        hp = {**m["hparams"], **m["selected"]}  # settings, then what setup/search chose
         assert m["preset"] == preset
         if method == "linear_probe":
             assert "C" in hp and "val_acc" in hp

@@ -4,12 +4,17 @@ import shlex
 
 from snakemake.utils import validate
 
-from fewclip.grid import BUILTIN_METHODS, expand_grid
+from fewclip.plan import check_config, plan
 
 
 validate(config, "../schemas/config.schema.yaml")
-
-CELLS = expand_grid(config)
+# Backbone model names, method names and every method_params key and value are checked here,
+# before any job; each cell's hyper-parameters are resolved once (fewclip.plan, the same code as
+# `fewclip plan`) and every job is handed their digest: `fewclip run` refuses to run anything else.
+PLAN = plan(check_config(config))
+CELLS = [p.cell for p in PLAN]
+HPARAMS_SHA = {(c.protocol, c.backbone, c.dataset, c.method, c.shots, c.seed): p.hparams_sha
+               for p, c in zip(PLAN, CELLS)}
 CONFIG_HASH = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 IMAGE_METHODS = set(config["image_methods"])
 DATA_ROOT = config["data_root"]
@@ -81,9 +86,15 @@ def fit_inputs(wildcards):
     return inputs
 
 
+def planned_sha(wildcards, shots, seed):
+    w = wildcards
+    return HPARAMS_SHA[(w.protocol, w.backbone, w.dataset, w.method, int(shots), int(seed))]
+
+
 def fit_args(wildcards):
     """The `fewclip run` arguments of one cell, shell-quoted (no config value reaches the shell raw)."""
-    cell = shlex.join(["--shots", wildcards.shots, "--seed", wildcards.seed])
+    cell = shlex.join(["--shots", wildcards.shots, "--seed", wildcards.seed,
+                       "--expect-hparams", planned_sha(wildcards, wildcards.shots, wildcards.seed)])
     return f"{cell} {_method_args(wildcards)}"
 
 
@@ -115,8 +126,9 @@ def batch_args(wildcards):
     out = f"results/runs/{w.protocol}/{w.backbone}/{w.dataset}/{w.method}/{{shots}}shot/seed{{seed}}"
     shots = [str(k) for k in batch_shots(w.protocol)]
     seeds = [str(s) for s in config["seeds"]]
+    digests = [planned_sha(w, k, s) for k in shots for s in seeds]  # the order `fewclip run` runs them
     cells = shlex.join(["--shots", *shots, "--seed", *seeds, "--out", out,
-                        "--manifest", manifest_path(w.dataset, "{shots}", "{seed}")])
+                        "--manifest", manifest_path(w.dataset, "{shots}", "{seed}"), "--expect-hparams", *digests])
     return f"{cells} {_method_args(w)}"
 
 
@@ -220,33 +232,6 @@ def encode_mem(wildcards):
 
 def encode_runtime(wildcards):
     return 240 if wildcards.dataset == "imagenet" else 60
-
-
-def check_names():
-    """Backbone keys the runs name must be defined under `backbones`, methods must be registered
-    (the schema checks datasets); stop before any job with the key and the allowed values."""
-    for protocol, p in config["protocols"].items():
-        for i, run in enumerate(p.get("runs", [])):
-            if run["backbone"] not in config["backbones"]:
-                raise ValueError(
-                    f"config key protocols.{protocol}.runs[{i}].backbone: '{run['backbone']}' is not defined "
-                    f"under `backbones` (allowed: {', '.join(sorted(config['backbones']))})"
-                )
-            unknown = [m for m in run["methods"] if m not in BUILTIN_METHODS]
-            if unknown:  # a user's method: ask the registry (imports torch, so only then)
-                from fewclip.methods import load_all
-
-                registered = load_all()
-                for m in unknown:
-                    if m not in registered:
-                        raise ValueError(
-                            f"config key protocols.{protocol}.runs[{i}].methods: unknown method '{m}'; "
-                            f"registered: {', '.join(sorted(registered))} (a method of your own is "
-                            "registered by naming its file in FEWCLIP_PLUGINS)"
-                        )
-
-
-check_names()
 
 
 def encode_targets():

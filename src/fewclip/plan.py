@@ -1,0 +1,246 @@
+"""What a workflow config will run: every cell with its fully resolved hyper-parameters.
+
+The Snakefile and `fewclip plan` read a config the same way (`read_config`: the `--configfile`
+files, or the embedded demo's `config/config.yaml` when none is given, then `--config`
+overrides), validate it (`check_config`: the JSON schema, backbone model names, method names,
+`method_params` keys and values) and expand it (`plan`). Each planned cell carries the dict
+that `resolve_hparams` returns for it, the same dict `fewclip run` records under `hparams` in
+metrics.json; the workflow passes its digest to every job (`--expect-hparams`), and a run that
+would resolve anything else stops before it starts.
+
+Needs the method registry (torch), never open_clip, a model or data.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .grid import BUILTIN_METHODS, Cell, expand_grid
+
+DEMO_CONFIG = "config/config.yaml"  # the embedded demo: used only when no --configfile is given
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    cell: Cell
+    pretrained: str
+    model: str
+    preset: str
+    hparams: dict
+
+    @property
+    def hparams_sha(self) -> str:
+        return hparams_digest(self.hparams)
+
+    def as_dict(self) -> dict:
+        c = self.cell
+        return {"protocol": c.protocol, "backbone": c.backbone, "model": self.model, "pretrained": self.pretrained,
+                "dataset": c.dataset, "method": c.method, "shots": c.shots, "seed": c.seed,
+                "evals": list(c.evals), "preset": self.preset, "hparams": self.hparams}
+
+
+def hparams_digest(hp: dict) -> str:
+    from .io import sha256_json
+
+    return sha256_json(hp)
+
+
+# ------------------------------------------------------------------------------- reading
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Snakemake's config merge: nested dicts merged key by key, everything else replaced."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`--config KEY=VALUE ...` (YAML values, as Snakemake reads them)."""
+    out: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--config expects KEY=VALUE, got '{pair}'")
+        key, value = pair.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value else value
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--config {pair}: value is not valid YAML ({err})") from err
+    return out
+
+
+def read_config(configfiles: list[str] | None = None, overrides: dict | None = None, workdir: str = ".") -> dict:
+    """The config a workflow run uses: the given files merged in order, or the demo's
+    config/config.yaml when there are none; then the `--config` overrides."""
+    files = list(configfiles or []) or [str(Path(workdir) / DEMO_CONFIG)]
+    config: dict = {}
+    for f in files:
+        path = Path(f)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found; pass an existing file to --configfile")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(loaded).__name__}")
+        config = merge(config, loaded)
+    return merge(config, overrides or {})
+
+
+# ------------------------------------------------------------------------------- validating
+
+
+def validate_schema(config: dict) -> dict:
+    """JSON-schema validation with the schema's defaults filled in (as snakemake.utils.validate)."""
+    import jsonschema
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    base = jsonschema.Draft202012Validator
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(key, copy.deepcopy(sub["default"]))
+        yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
+
+    validator_cls = jsonschema.validators.extend(base, {"properties": set_defaults})
+    config = copy.deepcopy(config)
+    errors = sorted(validator_cls(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise ConfigError(f"config key {where}: {err.message}")
+    return config
+
+
+def known_models() -> set[str]:
+    """open_clip's model names and fewclip's, read from their model_configs folders (no import)."""
+    names = set()
+    spec = importlib.util.find_spec("open_clip")
+    folders = [Path(p) / "model_configs" for p in (spec.submodule_search_locations or [])] if spec else []
+    folders.append(Path(__file__).resolve().parent / "models" / "model_configs")
+    for folder in folders:
+        names |= {p.stem for p in folder.glob("*.json")}
+    return names
+
+
+def check_config(config: dict) -> dict:
+    """Everything a run would trip on, before any job: schema, backbones, methods, method_params."""
+    config = validate_schema(config)
+    models = known_models()
+    for key, bb in config["backbones"].items():
+        if bb["model"] not in models:
+            close = sorted(m for m in models if m.lower().startswith(bb["model"][:3].lower()))[:8]
+            raise ConfigError(f"config key backbones.{key}.model: unknown open_clip model '{bb['model']}'"
+                              + (f" (similar: {', '.join(close)})" if close else ""))
+    registered = _registry(config)
+    for protocol, p in config["protocols"].items():
+        for i, run in enumerate(p.get("runs", [])):
+            if run["backbone"] not in config["backbones"]:
+                raise ConfigError(
+                    f"config key protocols.{protocol}.runs[{i}].backbone: '{run['backbone']}' is not defined "
+                    f"under `backbones` (allowed: {', '.join(sorted(config['backbones']))})")
+            for m in run["methods"]:
+                if m not in registered:
+                    raise ConfigError(
+                        f"config key protocols.{protocol}.runs[{i}].methods: unknown method '{m}'; registered: "
+                        f"{', '.join(sorted(registered))} (a method of your own is registered by naming its file "
+                        "in FEWCLIP_PLUGINS)")
+    for m in config.get("method_params", {}):
+        if m not in registered:
+            raise ConfigError(f"config key method_params.{m}: unknown method '{m}'; registered: "
+                              f"{', '.join(sorted(registered))}")
+    return config
+
+
+def _registry(config: dict) -> dict:
+    from .methods import load_all
+
+    return load_all()
+
+
+# ------------------------------------------------------------------------------- planning
+
+
+def plan(config: dict) -> list[PlannedCell]:
+    """Every cell of a checked config, with the hyper-parameters its run will use."""
+    from .methods import get_method, resolve_hparams
+
+    params = config.get("method_params", {})
+    out = []
+    resolved: dict[tuple, dict] = {}
+    for cell in expand_grid(config):
+        key = (cell.method, cell.dataset, cell.shots, cell.protocol)
+        if key not in resolved:
+            cls = get_method(cell.method)
+            try:
+                resolved[key] = resolve_hparams(cls, cell.dataset, cell.shots, config["preset"],
+                                                params.get(cell.method, {}), cell.protocol)
+            except ConfigError as err:
+                raise ConfigError(f"config key method_params.{cell.method}: {err}") from err
+        bb = config["backbones"][cell.backbone]
+        out.append(PlannedCell(cell, bb["pretrained"], bb["model"], config["preset"], resolved[key]))
+    for m, overrides in params.items():  # settings of a method outside the grid are still checked
+        if not any(p.cell.method == m for p in out):
+            try:
+                resolve_hparams(get_method(m), "imagenet", 16, config["preset"], overrides)
+            except ConfigError as err:
+                raise ConfigError(f"config key method_params.{m}: {err}") from err
+    return out
+
+
+def plan_lines(planned: list[PlannedCell], as_json: bool) -> list[str]:
+    if as_json:
+        return [json.dumps(p.as_dict(), sort_keys=True) for p in planned]
+    lines = []
+    for p in planned:
+        c = p.cell
+        hp = " ".join(f"{k}={_short(v)}" for k, v in sorted(p.hparams.items()))
+        lines.append(f"{c.protocol} {c.backbone} {c.dataset} {c.method} {c.shots}shot seed{c.seed} "
+                     f"preset={p.preset} {hp}")
+    return lines
+
+
+def _short(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, str) else (value if value and " " not in value else json.dumps(value))
+
+
+# ------------------------------------------------------------------------------- the verb
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plan", help="every cell the workflow would run, with its resolved hyper-parameters")
+    p.add_argument("--configfile", action="append", default=[],
+                   help="config file(s), as for snakemake (default: the demo's config/config.yaml)")
+    p.add_argument("--config", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="overrides, as snakemake --config")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--workdir", default=".", help="the workflow folder (where config/ lies)")
+    p.set_defaults(func=cmd_plan)
+
+
+def cmd_plan(args) -> int:
+    import sys
+
+    config = check_config(read_config(args.configfile, parse_overrides(args.config), args.workdir))
+    lines = plan_lines(plan(config), args.json)
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    return 0
+
+
+__all__ = ["BUILTIN_METHODS", "PlannedCell", "check_config", "plan", "read_config"]
