@@ -60,7 +60,15 @@ class PromptBank:
 
 
 class TextPrompts(nn.Module):
-    """Learned context vectors: [M, w] shared, or [C, M, w] class-specific (CSC)."""
+    """Learned context vectors: [M, w] shared, or [C, M, w] class-specific (CSC).
+
+    Context from words (`ctx_init`, CoOp's `CTX_INIT`), as the official `PromptLearner` does it:
+    "_" becomes a space, M = the number of **words** (`len(ctx_init.split(" "))`, not of BPE
+    tokens; `n_ctx` is ignored), and the token embeddings at positions 1..M of the tokenized
+    ctx_init are the learned vectors. When a word has several BPE tokens, the tokens after the
+    first M stay frozen in the prompt (they sit in the suffix), as in the official code.
+    Class-specific contexts exist only with random init: the official code silently ignores
+    CSC when CTX_INIT is set, fewclip refuses the combination (ConfigError naming both keys)."""
 
     def __init__(self, model, tokenizer, n_ctx: int = 16, ctx_init: str = "", csc: bool = False,
                  n_classes: int | None = None, position: str = "end", init_std: float = 0.02):
@@ -72,14 +80,19 @@ class TextPrompts(nn.Module):
         self.position, self.csc = position, csc
         width = text_width(model)
         device = model.token_embedding.weight.device
-        ctx_init = (ctx_init or "").strip().replace("_", " ")
-        if ctx_init:
-            n_ctx = _n_word_tokens(tokenizer, ctx_init)
+        ctx_init = (ctx_init or "").replace("_", " ")
+        if ctx_init.strip():
+            if csc:
+                from ..errors import ConfigError
+
+                raise ConfigError(
+                    f"csc=true with ctx_init={ctx_init!r}: class-specific contexts only exist with random "
+                    "init (the official CoOp code ignores CSC when CTX_INIT is set); use csc=false to learn "
+                    "one context initialised from the words, or ctx_init='' for class-specific random contexts")
+            n_ctx = len(ctx_init.split(" "))
             with torch.no_grad():
                 tok = _tokens(tokenizer, [ctx_init]).to(device)
                 vec = model.token_embedding(tok)[0, 1 : 1 + n_ctx].float().clone()
-            if csc:
-                vec = vec.unsqueeze(0).repeat(n_classes, 1, 1)
             self.prompt_prefix = ctx_init
         else:
             if n_ctx < 1:
