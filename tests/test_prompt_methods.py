@@ -13,6 +13,7 @@ from fewclip.engine.run import RunSpec, _items, train_config
 from fewclip.engine.train import train
 from fewclip.methods import NotApplicable, get_method, resolve_hparams
 from fewclip.models.backbone import LOGIT_SCALE, load_backbone
+from fewclip.models.prompts import encode_image
 
 DATASET, SHOTS, SEED = "caltech101", 4, 1
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -122,13 +123,16 @@ def test_cocoop_batched_equals_per_image_loop(env):
 
 
 def test_vpt_without_prompt_tokens_is_zeroshot(env):
-    method, _, classes = build(env, "vpt", n_prompts=0)
-    got = env["inputs"].logits(method, env["inputs"].test(env["ds"]), classes)
-    torch.testing.assert_close(got, zeroshot_logits(env, classes), atol=1e-4, rtol=0)
-    prompted, _, _ = build(env, "vpt")
-    assert prompted.vpt.tokens.shape == (2, 10, 64)
+    method, _, classes = build(env, "vpt")
+    assert method.vpt.tokens.shape == (2, 10, 64)
+    x = sample_images(env)
     with torch.no_grad():
-        assert not torch.allclose(prompted.logits(sample_images(env), classes), got, atol=1e-3)
+        for none in (None, method.vpt.tokens[:, :0], method.vpt.tokens[:0]):  # no tokens, no layers with tokens
+            plain, extra = encode_image(method.clip.visual, x, none)
+            torch.testing.assert_close(plain, method.clip.encode_image(x), atol=1e-5, rtol=0)
+            assert extra == {}
+        got = env["inputs"].logits(method, env["inputs"].test(env["ds"]), classes)
+        assert not torch.allclose(got, zeroshot_logits(env, classes), atol=1e-3)
 
 
 def test_dpt_without_cavpt_is_vlp(env):
@@ -144,6 +148,7 @@ def test_dpt_without_cavpt_is_vlp(env):
             torch.testing.assert_close(dpt.loss((x, labels), epoch), vlp.loss((x, labels), epoch))
     on, _, _ = build(env, "dpt", seed=3)
     assert len(on.cavpt) == 1 and on.cavpt_at == [1]  # the last of the tiny ViT's 2 layers
+    assert on.vpt.tokens.shape == (1, 10, 64)  # VPT-deep tokens only below the CAVPT layer
     with torch.no_grad():
         assert on.logits(x, classes).shape == (8, 4)
         assert on.loss((x, labels), 0) > vlp.loss((x, labels), 0) - 1e-6  # adds α·CE of the classifier
@@ -158,6 +163,31 @@ def test_prompt_state_holds_only_learned_parameters(env):
     assert [g["lr"] for g in groups] == [0.01, 0.002] and [g["warmup_epochs"] for g in groups] == [10, 1]
 
 
+def dpt_official_tensors(n_prompts=10, n_ctx=16, width=64, embed=32, n_classes=4, layers=2, kv=10, qk=32):
+    """The official DPT's learnable tensors for one CAVPT layer (DPT.py: ctx_learner, extractor, prompt_learner)."""
+    return {
+        "vpt.tokens": (layers - 1) * n_prompts * width,  # ctx_learner.ctx: layers 1..BOTTOMLIMIT-1
+        "cavpt.0.kv": kv * width,  # extractor.ctx
+        "cavpt.0.query.weight": width * embed, "cavpt.0.query.bias": width,  # meta_nets (with bias)
+        "cavpt.0.q.weight": qk * width, "cavpt.0.k.weight": qk * width,  # attns qmlp, kmlp (no bias)
+        "cavpt.0.v.weight": width * width,  # attns vmlp (no bias)
+        "cavpt.0.head_norm.weight": width, "cavpt.0.head_norm.bias": width,  # lns
+        "cavpt.0.head.weight": n_classes * width,  # classfiers (no bias)
+        "cavpt.0.norm.weight": width, "cavpt.0.norm.bias": width,  # lns2
+        "prompt.ctx": n_ctx * width,  # prompt_learner.ctx
+    }
+
+
+def test_dpt_state_holds_the_official_tensors(env):
+    method, _, _ = build(env, "dpt")
+    expected = dpt_official_tensors()
+    assert {k: v.numel() for k, v in method.state_dict().items()} == expected
+    assert sum(p.numel() for p in method.parameters() if p.requires_grad) == sum(expected.values())
+    groups = method.param_groups()
+    assert [g["lr"] for g in groups] == [0.01, 0.002] and [g["warmup_epochs"] for g in groups] == [10, 1]
+    assert {id(p) for p in groups[1]["params"]} == {id(method.prompt.ctx)}
+
+
 def test_hyper_parameters_follow_spec():
     coop = get_method("coop")
     assert [resolve_hparams(coop, "dtd", k, "clean")["epochs"] for k in (1, 2, 4, 8, 16)] == [50, 100, 100, 200, 200]
@@ -166,7 +196,7 @@ def test_hyper_parameters_follow_spec():
     assert (hp["n_ctx"], hp["ctx_init"], hp["epochs"], hp["batch_size"], hp["lr"]) == (4, "a photo of a", 10, 1, 0.002)
     vpt = resolve_hparams(get_method("vpt"), "dtd", 1, "clean")
     assert (vpt["n_prompts"], vpt["lr"], vpt["warmup_epochs"]) == (10, 0.01, 10)
-    assert resolve_hparams(get_method("vpt"), "imagenet", 1, "clean")["warmup_epochs"] == 1
+    assert resolve_hparams(get_method("vpt"), "imagenet", 1, "clean")["warmup_epochs"] == 10  # VPT.py: no ImageNet exception
     dpt = get_method("dpt")
     assert [resolve_hparams(dpt, "dtd", k, "clean")["epochs"] for k in (1, 16)] == [60, 100]
     hp = resolve_hparams(dpt, "imagenet", 1, "clean")
@@ -226,6 +256,8 @@ def test_fewclip_run_with_overrides(env, tmp_path, name):
         assert state["prompt.ctx"].shape == (3, 64)
     if name == "cocoop":
         assert metrics["train"]["steps"] == 2 * (8 // 4)
+    if name == "dpt":  # the official set of learnable tensors, nothing else
+        assert {k: v.numel() for k, v in state.items()} == dpt_official_tensors()
 
 
 @pytest.mark.parametrize("name", ["vpt", "vlp", "dpt"])

@@ -1,25 +1,31 @@
-"""Shared code of VLP and DPT (SPEC §2, official-code-facts §1.5): VPT-deep + CoOp text
+"""Shared code of VLP and DPT (SPEC §2, §2.1; official-code-facts §1.5): VPT-deep + CoOp text
 context with two learning rates, the general-knowledge guidance loss for the first C epochs,
-and (DPT) class-aware visual prompts (CAVPT).
+and (DPT) class-aware visual prompts (CAVPT), built as fanrena/DPT `trainers/DPT.py` builds them.
 
-CAVPT in a layer: the K_N classes with the highest zero-shot logits (un-prompted image ·
-hand-crafted text) per image; their learned text features → Linear(d → width) → queries of a
-cross-attention over that layer's (detached) input tokens (q, k projected to 32, v full width)
-→ LayerNorm → K_N class-aware prompt tokens, appended after the layer's VPT-deep tokens. An
-auxiliary Linear(width → training classes) on those tokens' outputs of the layer is trained
-with CE on the tokens whose selected class is the image's label, weighted α.
+DPT's layers (official `Transformer_VPTD`): VPT-deep tokens in the layers below the last
+`cavpt_layers` ones (official: layers 1..BOTTOMLIMIT-1); each of the last `cavpt_layers` layers
+gets K_N class-aware tokens and no VPT-deep tokens. One CAVPT layer (official `CAVPT`,
+`Attention`), for an image with layer input tokens t [T, w]:
+  x    = query(learned text features of its K_N selected classes, unnormalised)   [K_N, w]
+  kv   = [t.detach(); 10 learned tokens]                                          [T+10, w]
+  out  = v(softmax(q(x) k(kv)ᵀ / √32) · kv)        (q, k: w → 32, v: w → w, no biases)
+  tokens appended to the layer = norm(out + x);  aux logits = head(head_norm(out))
+The K_N classes are the top K_N of the zero-shot logits (un-prompted image · hand-crafted text).
+The auxiliary loss is the CE of the aux logits on the (image, layer, token) rows whose selected
+class is the image's label (no term when there is none), weighted α.
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..models.backbone import LOGIT_SCALE
-from ..models.prompts import vit_dims
+from ..models.prompts import encode_text_embeddings, require_vit, vit_dims
 from . import ClassSet
 from .coop import SGD_DEFAULTS, CoOp, PromptMethod
 from .vpt import VisualPromptMixin, dpt_epochs, visual_warmup
@@ -35,21 +41,29 @@ VL_HPARAMS = {
 
 
 class CAVPTLayer(nn.Module):
-    def __init__(self, text_dim: int, width: int, n_classes: int, qk_dim: int = 32):
+    """The class-aware prompt generator of one layer (official names in brackets, layer i)."""
+
+    def __init__(self, text_dim: int, width: int, n_classes: int, qk_dim: int = 32, n_kv: int = 10,
+                 init_std: float = 0.02):
         super().__init__()
-        self.query = nn.Linear(text_dim, width)
-        self.q = nn.Linear(width, qk_dim)
-        self.k = nn.Linear(width, qk_dim)
-        self.v = nn.Linear(width, width)
-        self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, n_classes)
+        self.query = nn.Linear(text_dim, width)  # [meta_nets.i]
+        self.kv = nn.Parameter(torch.empty(n_kv, width).normal_(0, init_std))  # [ctx[i]]
+        self.q = nn.Linear(width, qk_dim, bias=False)  # [attns.i.qmlp]
+        self.k = nn.Linear(width, qk_dim, bias=False)  # [attns.i.kmlp]
+        self.v = nn.Linear(width, width, bias=False)  # [attns.i.vmlp]
+        self.head_norm = nn.LayerNorm(width)  # [lns.i]
+        self.head = nn.Linear(width, n_classes, bias=False)  # [classfiers.i]
+        self.norm = nn.LayerNorm(width)  # [lns2.i]
         self.scale = 1.0 / math.sqrt(qk_dim)
 
-    def forward(self, text: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """text [B, K, d] learned text features of the selected classes, tokens [B, T, w]."""
-        q = self.q(self.query(text.to(tokens.dtype)))
-        attn = torch.softmax(q @ self.k(tokens).transpose(1, 2) * self.scale, dim=-1)
-        return self.norm(attn @ self.v(tokens))
+    def forward(self, text: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """text [B, K, d]: unnormalised learned text features of the selected classes; tokens
+        [B, T, w]: the layer's input. Returns the K tokens to append and the aux logits [B, K, C]."""
+        x = self.query(text.to(self.query.weight.dtype))
+        kv = torch.cat([tokens.detach().to(x.dtype), self.kv.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
+        attn = torch.softmax(self.q(x) @ self.k(kv).transpose(1, 2) * self.scale, dim=-1)
+        out = self.v(attn @ kv)
+        return self.norm(out + x), self.head(self.head_norm(out))
 
 
 class VisionLanguagePrompts(VisualPromptMixin, PromptMethod):
@@ -63,17 +77,18 @@ class VisionLanguagePrompts(VisualPromptMixin, PromptMethod):
                 "guidance_epochs": 10 if dataset == "imagenet" else 30}
 
     def setup(self, task):
+        require_vit(task.backbone, self.name)
         self.attach(task)
         hp = self.hp
         self.prompt = self.text_prompts(task)
-        self.setup_visual(task)
-        self.cavpt_at: list[int] = []
-        if self.use_cavpt:
-            layers, width = vit_dims(self.clip.visual)
-            n = min(int(hp["cavpt_layers"]), layers)
-            self.cavpt_at = list(range(layers - n, layers))
+        layers, width = vit_dims(self.clip.visual)
+        n = min(int(hp["cavpt_layers"]), layers) if self.use_cavpt else 0
+        self.cavpt_at = list(range(layers - n, layers))
+        self.setup_visual(task, layers - n)
+        if self.cavpt_at:
             self.cavpt = nn.ModuleList(
-                CAVPTLayer(self.backbone.embed_dim, width, len(task.classes.names), int(hp["cavpt_qk_dim"]))
+                CAVPTLayer(self.backbone.embed_dim, width, len(task.classes.names), int(hp["cavpt_qk_dim"]),
+                           int(hp["cavpt_kv_tokens"]), float(hp["init_std"]))
                 for _ in self.cavpt_at).to(task.device)
         return {"n_ctx": self.prompt.n_ctx, "cavpt_layers_at": [i + 1 for i in self.cavpt_at]}
 
@@ -87,23 +102,35 @@ class VisionLanguagePrompts(VisualPromptMixin, PromptMethod):
         ]
 
     _class_index = CoOp._class_index
-    text_features = CoOp.text_features
+
+    def raw_text_features(self, classes: ClassSet) -> torch.Tensor:
+        """[C, d] learned-prompt text features before L2 normalisation (cached while evaluating)."""
+        cacheable = not self.training and not torch.is_grad_enabled()
+        key = ("raw text", tuple(classes.names), self.prompt.ctx._version)
+        if cacheable and key in self._cache:
+            return self._cache[key]
+        bank = self.prompt.bank(classes.names)
+        emb = self.prompt.embeddings(bank, class_index=self._class_index(classes))
+        feats = encode_text_embeddings(self.prompt.model, emb, bank.tokens)
+        if cacheable:
+            self._cache = {key: feats}
+        return feats
 
     def _forward(self, images, classes: ClassSet, zs_feats=None):
-        """(prompted image features, learned text features, CAVPT selections and token outputs)."""
-        text = self.text_features(classes)
-        extra, selected = None, None
+        """(prompted image features, normalised learned text features, the CAVPT selections
+        [B, K] and the aux logits per CAVPT layer)."""
+        raw = self.raw_text_features(classes)
+        extra, selected = {}, None
         if self.cavpt_at:
             if zs_feats is None:
                 with torch.no_grad():
                     zs_feats = self.image_features(images)
             k = min(int(self.hp["cavpt_classes"]), len(classes.names))
             zs = zs_feats @ classes.text_features.t().to(zs_feats.dtype)
-            selected = zs.topk(k, dim=1).indices  # [B, K]
-            chosen = text[selected]  # [B, K, d]
-            extra = {layer: (lambda toks, m=m: m(chosen, toks)) for layer, m in zip(self.cavpt_at, self.cavpt)}
-        f, outs = self.prompted_features(images, extra)
-        return f, text, selected, outs
+            selected = zs.topk(k, dim=1).indices  # [B, K], highest first
+            extra = {layer: partial(m, raw[selected]) for layer, m in zip(self.cavpt_at, self.cavpt)}
+        f, aux = self.prompted_features(images, extra)
+        return f, raw / raw.norm(dim=-1, keepdim=True), selected, aux
 
     def logits(self, x, classes: ClassSet):
         f, text, _, _ = self._forward(x, classes)
@@ -117,7 +144,7 @@ class VisionLanguagePrompts(VisualPromptMixin, PromptMethod):
         if guided or self.cavpt_at:
             with torch.no_grad():
                 zs = self.image_features(images)
-        f, text, selected, outs = self._forward(images, classes, zs)
+        f, text, selected, aux = self._forward(images, classes, zs)
         text = text.to(f.dtype)
         main = F.cross_entropy(LOGIT_SCALE * f @ text.t(), labels)
         if guided:
@@ -127,17 +154,9 @@ class VisionLanguagePrompts(VisualPromptMixin, PromptMethod):
                     + float(self.hp["guidance_weight"]) * main)
         else:
             loss = main
-        if self.cavpt_at:
-            loss = loss + float(self.hp["alpha"]) * self._aux_loss(selected, outs, labels)
+        match = None if selected is None else selected == labels[:, None]  # [B, K]
+        if match is not None and match.any():
+            logits = torch.cat([aux[layer][match] for layer in self.cavpt_at])
+            target = labels[:, None].expand_as(match)[match].repeat(len(self.cavpt_at))
+            loss = loss + float(self.hp["alpha"]) * F.cross_entropy(logits.float(), target)
         return loss
-
-    def _aux_loss(self, selected, outs, labels):
-        match = selected == labels[:, None]  # [B, K]
-        terms = []
-        for layer, m in zip(self.cavpt_at, self.cavpt):
-            logits = m.head(outs[layer])  # [B, K, n_classes]
-            if match.any():
-                terms.append(F.cross_entropy(logits[match].float(), labels[:, None].expand_as(match)[match]))
-            else:
-                terms.append(logits.sum() * 0.0)
-        return torch.stack(terms).mean()

@@ -1,8 +1,27 @@
-"""DPT: VLP + class-aware visual prompts (CAVPT) (SPEC §2, official-code-facts §1.5).
+"""DPT: VLP + class-aware visual prompts (CAVPT) (SPEC §2, §2.1; official-code-facts §1.5).
 
-CAVPT in the last `cavpt_layers` layers (1 = layer 12 of ViT-B, as the official run), K_N = `cavpt_classes`
-(10, at most the number of classes) class-aware tokens, auxiliary loss weight α = 0.3.
-`cavpt=false` switches CAVPT off, which is exactly VLP."""
+The structure is fanrena/DPT `trainers/DPT.py`'s (the math is in `_vl.py`): CAVPT in the last
+`cavpt_layers` layers (1 = layer 12 of ViT-B, the official run's BOTTOMLIMIT 12), VPT-deep tokens
+only in the layers below, K_N = `cavpt_classes` (10, at most the number of classes) class-aware
+tokens, `cavpt_kv_tokens` (10, hard-coded in the official code) extra learned key/value tokens,
+auxiliary loss weight α = 0.3. `cavpt=false` switches CAVPT off, which is exactly VLP.
+
+Hyper-parameters → official cfg: n_prompts = TRAINER.VPT.N_CTX; n_ctx = TRAINER.COOP.N_CTX;
+cavpt_layers = 12 − TRAINER.TOPDOWN_SECOVPT.BOTTOMLIMIT + 1 (layers of the ViT, generally);
+cavpt_classes = TRAINER.SELECTED_COVPT.CPN; alpha = TRAINER.ALPHA; guidance_epochs = PRETRAIN.C.
+
+Learnable tensors, official name (relative to `CustomCLIP_Selected_CoVPTDeep`; i = CAVPT layer,
+0 = the lowest; `extractor` = `image_encoder.transformer.extractor`) → fewclip attribute:
+  prompt_learner.ctx                          → prompt.ctx
+  image_encoder.transformer.ctx_learner.ctx   → vpt.tokens            [layers − cavpt_layers, n, w]
+  extractor.ctx[i]                            → cavpt[i].kv           (official: one [layers, 10, w] tensor)
+  extractor.meta_nets.i.{weight, bias}        → cavpt[i].query.{weight, bias}
+  extractor.attns.i.{qmlp, kmlp, vmlp}.weight → cavpt[i].{q, k, v}.weight
+  extractor.lns.i.{weight, bias}              → cavpt[i].head_norm.{weight, bias}
+  extractor.classfiers.i.weight               → cavpt[i].head.weight
+  extractor.lns2.i.{weight, bias}             → cavpt[i].norm.{weight, bias}
+Frozen official `text_features` (hand-crafted, normalised) = the ClassSet's `text_features`.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +33,7 @@ from ._vl import VL_HPARAMS, VisionLanguagePrompts
 class DPT(VisionLanguagePrompts):
     name = "dpt"
     hparams = {**VL_HPARAMS, "cavpt": True, "cavpt_layers": 1, "cavpt_classes": 10, "cavpt_qk_dim": 32,
-               "alpha": 0.3}
+               "cavpt_kv_tokens": 10, "alpha": 0.3}
 
     @classmethod
     def defaults_for(cls, dataset, shots, preset, protocol="fewshot"):

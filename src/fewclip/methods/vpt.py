@@ -26,11 +26,12 @@ def visual_warmup(dataset: str) -> int:
 class VisualPromptMixin:
     """VPT-deep tokens on the frozen ViT."""
 
-    def setup_visual(self, task) -> None:
+    def setup_visual(self, task, layers: int | None = None) -> None:
+        """VPT-deep tokens in the first `layers` layers (all by default; DPT: those below its CAVPT layers)."""
         require_vit(task.backbone, self.name)
-        layers, width = vit_dims(task.backbone.model.visual)
-        self.vpt = VisualPrompts(layers, int(self.hp["n_prompts"]), width, float(self.hp["init_std"]),
-                                 device=task.device)
+        n_layers, width = vit_dims(task.backbone.model.visual)
+        self.vpt = VisualPrompts(n_layers if layers is None else layers, int(self.hp["n_prompts"]), width,
+                                 float(self.hp["init_std"]), device=task.device)
 
     def prompted_features(self, images, extra=None):
         f, outs = encode_image(self.clip.visual, images, self.vpt.tokens, extra)

@@ -14,9 +14,10 @@ the positions after it, and positions shared by every prompt have the same hidde
 
 Image side (VPT-deep / VLP / DPT): `encode_image` runs open_clip's `VisionTransformer` block by
 block and appends per-layer prompt tokens after the patch tokens, replacing the previous
-layer's prompt outputs at every layer (VPT-deep); optional per-layer callables add class-aware
-tokens (CAVPT). Prompt tokens carry no positional embedding, so their position in the sequence
-does not matter; they are dropped before pooling.
+layer's prompt outputs at every layer (VPT-deep, in the first layers that have tokens);
+optional per-layer callables add tokens computed from the layer's input (DPT's class-aware
+tokens). Prompt tokens carry no positional embedding, so their position in the sequence
+does not matter; they are dropped before the next layer and before pooling.
 """
 
 from __future__ import annotations
@@ -243,7 +244,8 @@ def vit_dims(visual) -> tuple[int, int]:
 
 
 class VisualPrompts(nn.Module):
-    """VPT-deep: n learned tokens per ViT layer, [layers, n, width], N(0, std) init."""
+    """VPT-deep: n learned tokens for each of the first `layers` ViT layers, [layers, n, width],
+    N(0, std) init (all layers for VPT and VLP; the layers below the CAVPT ones for DPT)."""
 
     def __init__(self, layers: int, n: int, width: int, init_std: float = 0.02, device=None):
         super().__init__()
@@ -252,36 +254,30 @@ class VisualPrompts(nn.Module):
 
 
 def encode_image(visual, images: torch.Tensor, deep: torch.Tensor | None = None,
-                 extra: dict[int, Callable[[torch.Tensor], torch.Tensor]] | None = None,
-                 ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+                 extra: dict[int, Callable[[torch.Tensor], tuple[torch.Tensor, object]]] | None = None,
+                 ) -> tuple[torch.Tensor, dict[int, object]]:
     """Image features (unnormalised, [B, d]) of open_clip's VisionTransformer with prompts.
 
-    deep: [layers, n, w] tokens appended before each layer (replacing the previous ones);
-    extra: {layer index (0-based): fn(tokens before that layer, detached) -> [B, K, w]} for
-    class-aware tokens appended after the deep ones. Returns the features and, per `extra`
-    layer, the outputs of its extra tokens after that layer."""
+    deep: [L, n, w] tokens appended before each of the first L layers (replacing the previous
+    layer's); extra: {layer index (0-based): fn(the layer's input tokens [B, T, w]) -> (tokens
+    [B, K, w] to append, anything)}. Returns the features and, per `extra` layer, the second
+    value its fn returned."""
     x = visual._embeds(images)
     B, T = x.shape[0], x.shape[1]
     blocks = visual.transformer.resblocks
     batch_first = getattr(visual.transformer, "batch_first", True)
-    outs: dict[int, torch.Tensor] = {}
+    outs: dict[int, object] = {}
     for i, blk in enumerate(blocks):
-        parts = [x[:, :T]]
-        if deep is not None and deep.shape[1]:
+        parts = [x]
+        if deep is not None and i < deep.shape[0] and deep.shape[1]:
             parts.append(deep[i].to(x.dtype).unsqueeze(0).expand(B, -1, -1))
-        k = 0
         if extra and i in extra:
-            e = extra[i](x[:, :T].detach()).to(x.dtype)
-            parts.append(e)
-            k = e.shape[1]
-        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        if batch_first:
-            x = blk(x)
-        else:
-            x = blk(x.transpose(0, 1)).transpose(0, 1)
-        if k:
-            outs[i] = x[:, x.shape[1] - k :]
-    x = x[:, :T]
+            tokens, outs[i] = extra[i](x)
+            parts.append(tokens.to(x.dtype))
+        if len(parts) > 1:
+            x = torch.cat(parts, dim=1)
+        x = blk(x) if batch_first else blk(x.transpose(0, 1)).transpose(0, 1)
+        x = x[:, :T]
     pooled, _ = visual._pool(x)
     if visual.proj is not None:
         pooled = pooled @ visual.proj
