@@ -1,8 +1,10 @@
 """`fewclip <verb>`: one thin command per workflow step.
 
 Each verb lives in the module that owns the work and registers itself through a
-`register(subparsers)` function; this file only assembles them and turns user errors
-into one clear message and a non-zero exit. Heavy imports (torch, open_clip) happen
+`register(subparsers)` function; this file only assembles them and is the one error boundary: every failure a
+user can cause (bad input, an unwritable path, a corrupt file; see `fewclip.errors.explain`)
+becomes one clear message and a non-zero exit, with the traceback only under `--debug` (or
+FEWCLIP_DEBUG=1). Heavy imports (torch, open_clip) happen
 inside the verbs, so `fewclip --help` and feature-only jobs start fast.
 """
 
@@ -10,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 
-from .errors import FewclipError
+from .errors import explain
 
 VERB_MODULES = [
     "fewclip.commands",  # doctor, generate, split, encode, run, methods
+    "fewclip.plan",  # plan
     "fewclip.analysis.commands",  # collect, report
     "fewclip.demo_commands",  # pretrain-demo
     "fewclip.data.download",  # download
@@ -27,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"fewclip {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (accepted anywhere on the command line)")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for name in VERB_MODULES:
         importlib.import_module(name).register(sub)
@@ -34,16 +41,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("FEWCLIP_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
-    except FewclipError as err:
-        print(f"fewclip {args.verb}: error: {err}", file=sys.stderr)
-        return err.exit_code
     except KeyboardInterrupt:
         print(f"fewclip {args.verb}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # the one boundary: known failures become one message
+        explained = explain(err)
+        if explained is None:
+            raise  # a bug: keep the traceback
+        message, code = explained
+        if debug:
+            traceback.print_exc()
+        print(f"fewclip {args.verb}: error: {message}", file=sys.stderr)
+        return code
     return int(result or 0)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -13,11 +14,22 @@ from typing import Any, Iterator
 from .errors import FewclipError
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# What torch.save raises when the disk fills (a RuntimeError, not an OSError).
+_WRITE_FAILED = ("file write failed", "No space left", "PytorchStreamWriter failed", "unexpected pos")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
-    A reader therefore sees either the old file, the complete new file, or nothing.
+    A reader therefore sees either the old file, the complete new file, or nothing. The file
+    gets the permissions of an ordinary new file (0666 minus the user's umask), not mkstemp's 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -26,20 +38,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        if err.errno == 28:  # ENOSPC
-            raise FewclipError(
-                f"disk full while writing {path}: nothing was written there; "
-                "free space (or point --out / results/ at a larger disk) and rerun"
-            ) from err
+        if err.errno == errno.ENOSPC:
+            raise _disk_full(path) from err
+        raise
+    except RuntimeError as err:
+        tmp.unlink(missing_ok=True)
+        if any(s in str(err) for s in _WRITE_FAILED):
+            raise _disk_full(path) from err
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _disk_full(path: Path) -> FewclipError:
+    return FewclipError(
+        f"disk full while writing {path}: nothing was written there (a previous file is kept); "
+        "free space (or point --out / results/ at a larger disk) and rerun"
+    )
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -63,15 +85,47 @@ def _jsonable(obj: Any) -> Any:
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     path = Path(path)
+    if path.is_dir():
+        raise FewclipError(f"{what} {path} is a folder, not a file; pass the JSON file itself")
     if not path.is_file():
         raise FewclipError(f"{what} not found: {path}")
     try:
         return json.loads(path.read_text())
+    except UnicodeDecodeError as err:
+        raise FewclipError(f"{what} {path} is not a text file (binary content at byte {err.start}); "
+                           "replace it with a correct copy") from err
     except json.JSONDecodeError as err:
         raise FewclipError(
             f"{what} {path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
             "replace it with a correct copy"
         ) from err
+
+
+def describe_load_error(err: BaseException) -> str:
+    """What a failed `torch.load` means, in our words: torch's own text suggests
+    weights_only=False (running the file's code), which fewclip never does."""
+    text = str(err)
+    if isinstance(err, EOFError) or "central directory" in text or "PytorchStreamReader" in text:
+        return "the file is empty or truncated"
+    if "weights_only" in text or "Weights only" in text:
+        return "the file holds objects other than tensors, lists and dicts (refused: it is not loaded)"
+    return "the file is not a torch tensor file, or it is corrupt"
+
+
+def torch_load(path: str | os.PathLike, what: str, fix: str) -> Any:
+    """`torch.load(weights_only=True)` with one clear message for a missing, truncated or foreign file."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FewclipError(f"{what} not found: {path}; {fix}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, ValueError, TypeError,
+            AttributeError, IndexError, UnicodeDecodeError) as err:
+        raise FewclipError(f"cannot read {what} {path}: {describe_load_error(err)}; {fix}") from err
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -20,19 +21,52 @@ NESTED = ("hparams", "provenance")
 TABLE_INVARIANTS = ("preset", "backbone", "pretrained")
 
 
+SHOT_DIR, SEED_DIR = re.compile(r"^\d+shot$"), re.compile(r"^seed\d+$")
+
+
 def find_metrics(runs: str | os.PathLike) -> list[Path]:
     """Every finished metrics.json below `runs` (cell level and eval_* level), sorted."""
+    return scan_metrics(runs)[0]
+
+
+def scan_metrics(runs: str | os.PathLike) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(the finished metrics.json files, [(path, why skipped)]). Skipped, with their path:
+    folders whose names do not follow the layout (`seed1_old`, `4shot.bak`) and the eval_*
+    results of a cell that has no metrics.json of its own (an unfinished or failed cell)."""
     root = str(runs)
     cells = glob.glob(os.path.join(glob.escape(root), CELL_GLOB, "metrics.json"))
     evals = glob.glob(os.path.join(glob.escape(root), CELL_GLOB, "eval_*", "metrics.json"))
-    return sorted(Path(p) for p in cells + evals)
+    keep, skipped = [], []
+    for p in sorted(Path(p) for p in cells + evals):
+        cell = p.parent.parent if p.parent.name.startswith("eval_") else p.parent
+        if not (SHOT_DIR.match(cell.parent.name) and SEED_DIR.match(cell.name)):
+            skipped.append((p, f"'{cell.parent.name}/{cell.name}' is not a run directory name (<K>shot/seed<S>)"))
+        elif cell != p.parent and not (cell / "metrics.json").is_file():
+            skipped.append((p, f"its cell {cell} has no metrics.json (unfinished or failed)"))
+        elif p.is_file() or p.is_symlink():
+            keep.append(p)
+        else:
+            skipped.append((p, "a folder, not a file"))
+    return keep, skipped
+
+
+class BadMetrics(FewclipError):
+    """A metrics.json in a run directory's place that is not a readable result."""
 
 
 def _row(path: Path, runs: Path) -> dict:
     try:
         metrics = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise FewclipError(f"cannot read {path} ({err}); delete the run directory and rerun that cell") from err
+    except UnicodeDecodeError as err:
+        raise BadMetrics(f"{path}: binary content, not JSON (byte {err.start})") from err
+    except json.JSONDecodeError as err:
+        raise BadMetrics(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from err
+    except OSError as err:
+        raise BadMetrics(f"{path}: cannot be read ({err.strerror or err})") from err
+    if not isinstance(metrics, dict):
+        raise BadMetrics(f"{path}: a JSON {type(metrics).__name__}, not an object")
+    if "top1" not in metrics:
+        raise BadMetrics(f"{path}: no 'top1' (not a metrics.json fewclip wrote)")
     rel = path.parent.relative_to(runs)
     is_eval = rel.name.startswith("eval_")
     cell = rel.parent if is_eval else rel
@@ -64,7 +98,18 @@ def collect_runs(runs: str | os.PathLike) -> pd.DataFrame:
     runs = Path(runs)
     if not runs.is_dir():
         raise FewclipError(f"runs directory not found: {runs}; pass --runs the folder that holds <protocol>/ run trees")
-    rows = [_row(p, runs) for p in find_metrics(runs)]
+    rows, bad = [], []
+    for p in find_metrics(runs):
+        try:
+            rows.append(_row(p, runs))
+        except BadMetrics as err:
+            bad.append(str(err))
+    if bad:
+        raise FewclipError(
+            f"{len(bad)} metrics.json file(s) under {runs} are not readable results, so no table was written "
+            "(the previous one is kept): " + "; ".join(bad[:10]) + (f"; … and {len(bad) - 10} more" if len(bad) > 10
+                                                                    else "")
+            + ". Delete those run directories and rerun their cells (or move them out of --runs)")
     df = pd.DataFrame(rows)
     if df.empty:
         return df
@@ -148,8 +193,34 @@ def missing_cells(config: dict, runs: str | os.PathLike) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def machine_warnings(df: pd.DataFrame) -> list[str]:
+    """One line per table (protocol, backbone, shots) whose runs come from different machines
+    (CPU model/BLAS or GPU): their floating-point kernels differ, so numbers can differ slightly."""
+    cols = [c for c in ("provenance.cpu", "provenance.blas", "provenance.device") if c in df]
+    if df.empty or not cols:
+        return []
+    sub = df[df["is_cell"]] if "is_cell" in df else df
+    machine = sub[cols].astype(str).agg(" / ".join, axis=1)
+    out = []
+    for key, group in machine.groupby([sub["protocol"], sub["backbone_key"], sub["shots"]]):
+        kinds = group.unique()
+        if len(kinds) > 1:
+            examples = "; ".join(f"{k} ({sub.loc[group[group == k].index[0], 'run_dir']})" for k in kinds[:3])
+            out.append(f"runs of the table protocol={key[0]}, backbone={key[1]}, shots={key[2]} come from "
+                       f"{len(kinds)} different machines ({', '.join(cols)}): {examples}. Results are "
+                       "byte-identical only on the same machine type; numbers may differ slightly")
+    return out
+
+
 def load_table(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
+    if path.is_dir():
+        raise FewclipError(f"collected table {path} is a folder; pass the .parquet file `fewclip collect` wrote")
     if not path.is_file():
         raise FewclipError(f"collected table not found: {path}; run `fewclip collect` first")
-    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    try:
+        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except (ValueError, OSError, UnicodeDecodeError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise FewclipError(f"collected table {path} cannot be read (truncated or not a "
+                           f"{path.suffix.lstrip('.') or 'table'} file: {str(err).splitlines()[0][:160] if str(err) else type(err).__name__}); "
+                           "rerun `fewclip collect` to write it again") from err

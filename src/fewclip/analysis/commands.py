@@ -16,6 +16,8 @@ def register(subparsers) -> None:
     p.add_argument("--config", help="grid config (YAML): list cells of the grid that have no metrics.json yet")
     p.add_argument("--out", default="results/all_runs.parquet", help="output table (.parquet; a .csv is written beside it)")
     p.add_argument("--strict", action="store_true", help="exit non-zero when cells of the configured grid are missing")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="write the table even when no finished run is found (default: refuse, keep the old table)")
     p.set_defaults(func=collect_cmd)
 
     p = subparsers.add_parser("report", help="tables, figures and statistics under reports/ from the collected table")
@@ -24,8 +26,18 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="reports", help="output folder")
     p.add_argument("--config", help="grid config (YAML); its `baselines` list names the methods every method is tested against")
     p.add_argument("--baselines", nargs="+", help="methods every method is tested against (default: config's `baselines`, else zeroshot coop)")
-    p.add_argument("--n-resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--n-resamples", type=_positive_int, default=2000, help="bootstrap resamples (default 2000)")
     p.set_defaults(func=report_cmd)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (a bootstrap needs resamples), got {value}")
+    return value
 
 
 def _load_config(path: str | None) -> dict | None:
@@ -46,13 +58,24 @@ def _load_config(path: str | None) -> dict | None:
 
 
 def collect_cmd(args: argparse.Namespace) -> int:
-    from .collect import check_consistency, collect_runs, missing_cells
+    from .collect import check_consistency, collect_runs, machine_warnings, missing_cells, scan_metrics
 
     out = Path(args.out)
     if out.suffix != ".parquet":
         raise FewclipError(f"--out must end in .parquet (got {out}); a CSV is written beside it")
+    if out.is_dir():
+        raise FewclipError(f"--out {out} is a folder; pass the path of the .parquet table to write")
     df = collect_runs(args.runs)
+    for path, why in scan_metrics(args.runs)[1]:
+        print(f"fewclip collect: skipped {path}: {why}", file=sys.stderr)
+    if df.empty and not args.allow_empty:
+        kept = f"; the existing {out} is kept" if out.exists() else ""
+        raise FewclipError(f"no finished runs under {args.runs} (no <protocol>/<backbone>/<dataset>/<method>/"
+                           f"<K>shot/seed<S>/metrics.json){kept}. Check --runs, or pass --allow-empty to write "
+                           "an empty table")
     check_consistency(df)
+    for line in machine_warnings(df):
+        print(f"fewclip collect: warning: {line}", file=sys.stderr)
     with atomic_path(out) as tmp:
         df.to_parquet(tmp, index=False)
     write_text(out.with_suffix(".csv"), df.to_csv(index=False))
@@ -85,6 +108,30 @@ def report_cmd(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     baselines = args.baselines or (config or {}).get("baselines", DEFAULT_BASELINES)
     runs = Path(args.runs) if args.runs and Path(args.runs).is_dir() else None
-    written = build_report(table, runs, Path(args.out), baselines=baselines, n_resamples=args.n_resamples)
+    try:
+        written = build_report(table, runs, Path(args.out), baselines=baselines, n_resamples=args.n_resamples)
+    except (ValueError, OSError) as err:  # a corrupt predictions.parquet (pyarrow's ArrowInvalid is a ValueError)
+        bad = _unreadable_predictions(table, runs) if runs is not None else None
+        if bad is None:
+            raise
+        raise FewclipError(f"{bad[0]} cannot be read ({bad[1]}): it is truncated or not a parquet file. Delete "
+                           "its run directory and rerun that cell, then `fewclip collect` and `fewclip report`") from err
     print(f"wrote {len(written)} files under {args.out}/ (index: {Path(args.out) / 'README.md'})")
     return 0
+
+
+def _unreadable_predictions(table, runs: Path):
+    """(path, why) of the first predictions.parquet named by the table that pyarrow cannot open."""
+    import pyarrow.parquet as pq
+
+    if "metrics_dir" not in table:
+        return None
+    for rel in table["metrics_dir"].dropna().unique():
+        path = runs / rel / "predictions.parquet"
+        if not path.is_file():
+            continue
+        try:
+            pq.read_metadata(path)
+        except Exception as err:  # noqa: BLE001 - any failure to open it is the answer
+            return path, (str(err).splitlines() or [type(err).__name__])[0][:160]
+    return None

@@ -8,12 +8,16 @@ evaluations of the same fitted model (DG targets, base-to-new's new classes) go 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +28,7 @@ import torch
 from .. import __version__
 from ..data.datasets import Dataset, Item, base_new_split, get_spec, load_dataset
 from ..data.fewshot import base_new_manifest, make_manifest, read_manifest
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, RunDirError
 from ..io import atomic_path, sha256_json, write_json
 from ..methods import ClassSet, Method, NotApplicable, get_method, resolve_hparams
 from .features import Features, FeatureStore
@@ -158,6 +162,7 @@ def _provenance(spec: RunSpec, manifest: dict, backbone_sha: str, device: torch.
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
         # where it ran: the host, the SLURM job (None outside SLURM), the GPU the pool or SLURM gave it
         "host": platform.node(),
+        **machine_fingerprint(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
@@ -187,6 +192,7 @@ def _write_eval(out: Path, ds: Dataset, paths: list[str], labels: torch.Tensor, 
                 metrics: dict) -> dict:
     import pandas as pd
 
+    _check_not_empty(ds.name, paths, str(metrics.get("eval_split", "test")))
     if logits is None:
         metrics.update(top1=None, n_test=len(paths))
     else:
@@ -203,7 +209,19 @@ def _write_eval(out: Path, ds: Dataset, paths: list[str], labels: torch.Tensor, 
 
 
 def run_cell(spec: RunSpec) -> dict:
-    """Fit one method on one cell and evaluate it; returns the main metrics.json content."""
+    """Fit one method on one cell and evaluate it; returns the main metrics.json content.
+
+    Everything is checked first (`validate_spec`); the run directory is then locked and owned
+    (`owned_run_dir`): results are written into a staging folder and published only when the
+    whole cell (every DG target included) succeeded, so a failure leaves a previous finished run
+    untouched and nothing that `fewclip collect` would count."""
+    validate_spec(spec)
+    with owned_run_dir(spec) as stage:
+        metrics = _run_cell(spec, stage)
+    return metrics
+
+
+def _run_cell(spec: RunSpec, stage: Path) -> dict:
     if spec.protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol '{spec.protocol}'; valid: {', '.join(PROTOCOLS)}")
     cls = get_method(spec.method)
@@ -274,7 +292,7 @@ def run_cell(spec: RunSpec) -> dict:
     eval_seconds = time.perf_counter() - t1
 
     if any(p.requires_grad for p in method.parameters()) or len(method.state_dict()):
-        with atomic_path(out / "checkpoint.pt") as tmp:
+        with atomic_path(stage / "checkpoint.pt") as tmp:
             torch.save({"method": cls.name, "backbone": spec.backbone, "pretrained": spec.pretrained,
                         "hp": hp, "state": method.state_dict()}, tmp)
     if "sha256" not in backbone_info:
@@ -309,12 +327,14 @@ def run_cell(spec: RunSpec) -> dict:
              "n_classes": len(tcls.names), "eval_seconds": time.perf_counter() - t2}
         if na:
             m["na_reason"] = na
-        _write_eval(out / f"eval_{target}", tds, tfeats.paths, tfeats.labels, tlogits, m)
+        _write_eval(stage / f"eval_{target}", tds, tfeats.paths, tfeats.labels, tlogits, m)
 
     metrics = {**base, "eval_dataset": spec.dataset, "eval_split": "base" if spec.protocol == "base2new" else "test",
                "n_classes": n_base, "eval_seconds": eval_seconds}
+    metrics = _write_eval(stage, full, test.paths, test.labels, logits, metrics)
+    _publish(stage, out)
     (out / "train_state.pt").unlink(missing_ok=True)
-    return _write_eval(out, full, test.paths, test.labels, logits, metrics)
+    return metrics
 
 
 @functools.lru_cache(maxsize=2)
@@ -393,3 +413,282 @@ def _device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     return torch.device(name)
+
+
+# ------------------------------------------------------------------------------- validation
+# (issue 17) everything a cell needs is checked before any work, so a bad cell leaves nothing.
+
+MAX_SEED = 2**32 - 1
+DEVICE_NAMES = ("auto", "cpu", "cuda")
+
+
+def validate_spec(spec: RunSpec) -> None:
+    """Refuse a cell that cannot run: bad seed/shots/device, unknown names, bad hyper-parameter
+    values, --eval without DG, missing or empty data (the source and every DG target), a
+    manifest that does not fit, an --out that is a file, not writable, or another cell's run."""
+    if spec.protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol '{spec.protocol}'; valid: {', '.join(PROTOCOLS)}")
+    if isinstance(spec.seed, bool) or not isinstance(spec.seed, int) or not 0 <= spec.seed <= MAX_SEED:
+        raise ConfigError(f"seed must be an integer 0..{MAX_SEED}, got {spec.seed!r}")
+    if isinstance(spec.shots, bool) or not isinstance(spec.shots, int) or spec.shots < 1:
+        raise ConfigError(f"shots must be a positive integer (K images per class), got {spec.shots!r}")
+    _check_device_name(spec.device)
+    cls = get_method(spec.method)
+    get_spec(spec.dataset)
+    for t in spec.evals:
+        get_spec(t)
+    if spec.evals and spec.protocol != "dg":
+        raise ConfigError(f"--eval {' '.join(spec.evals)}: evaluation targets are for --protocol dg "
+                          f"(this cell is --protocol {spec.protocol}); drop --eval or use --protocol dg")
+    resolve_hparams(cls, spec.dataset, spec.shots, spec.preset, spec.overrides, spec.protocol)
+    out = Path(spec.out)
+    _check_writable(out)
+    _check_owner(spec, out)
+    if not Path(spec.data_root).is_dir():
+        raise DataError(f"data root {spec.data_root} does not exist; pass the folder that holds the datasets "
+                        "(CoOp layout) to --data-root, or prepare it with `fewclip download`")
+    full = load_dataset(spec.dataset, spec.data_root)
+    _check_not_empty(full.name, full.test, "test")
+    if spec.protocol == "base2new":
+        n_base = len(base_new_split(full, "base").classnames)
+        _check_not_empty(full.name, [it for it in full.test if it.label < n_base], "base-class test")
+        _check_not_empty(full.name, [it for it in full.test if it.label >= n_base], "new-class test")
+    if spec.manifest:
+        _check_manifest_fits(read_manifest(spec.manifest), spec, full)
+    for t in spec.evals:
+        target = load_dataset(t, spec.data_root)
+        _check_not_empty(target.name, target.test, f"test (DG target of {spec.dataset})")
+        if target.imagenet_index is None and len(target.classnames) != len(full.classnames):
+            raise ConfigError(f"DG target {target.name} has {len(target.classnames)} classes, the source "
+                              f"{full.name} {len(full.classnames)}, and no index map between them")
+
+
+def _check_device_name(name: str) -> None:
+    base, _, index = str(name).partition(":")
+    if base not in DEVICE_NAMES or (index and (base != "cuda" or not index.isdigit())):
+        raise ConfigError(f"unknown device '{name}'; use cpu, cuda, cuda:N or auto")
+    if index and torch.cuda.is_available() and int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible "
+                          f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+
+
+def _check_not_empty(dataset: str, items, split: str) -> None:
+    if len(items) == 0:
+        raise DataError(f"the {split} split of {dataset} is empty: there is nothing to evaluate on (a top-1 "
+                        f"over 0 images means nothing); check the dataset's split file under the data root")
+
+
+def _check_manifest_fits(manifest: dict, spec: RunSpec, ds: Dataset) -> None:
+    if (manifest["dataset"], manifest["shots"], manifest["seed"]) != (spec.dataset, spec.shots, spec.seed):
+        raise ConfigError(f"manifest {spec.manifest} is for {manifest['dataset']} {manifest['shots']}-shot seed "
+                          f"{manifest['seed']}, not for this cell ({spec.dataset} {spec.shots}-shot seed {spec.seed})")
+    n = len(ds.classnames)
+    for split in ("train", "val"):
+        bad = [lab for _, lab in manifest[split] if not 0 <= lab < n]
+        if bad:
+            raise DataError(f"few-shot manifest {spec.manifest}: '{split}' has label {bad[0]}, but {ds.name} has "
+                            f"{n} classes (0..{n - 1}); delete it and rerun the sampling step (`fewclip split`)")
+
+
+def _check_writable(out: Path) -> None:
+    """--out must be a folder (or not exist yet) that this process can write; leaves nothing behind."""
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} is a file, not a run directory; choose another --out (a folder)")
+    missing = []
+    probe_parent = out
+    while not probe_parent.exists():
+        missing.append(probe_parent)
+        if probe_parent.parent == probe_parent:
+            break
+        probe_parent = probe_parent.parent
+    if probe_parent.exists() and not probe_parent.is_dir():
+        raise RunDirError(f"--out {out}: {probe_parent} is a file, not a folder; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".fewclip-probe.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise RunDirError(f"--out {out} is not writable ({err.strerror or err}); choose another --out "
+                          "or fix its permissions") from err
+    finally:
+        for folder in missing:  # innermost first: what this check created goes again
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+RUN_IDENTITY = ("protocol", "preset", "backbone", "backbone_key", "pretrained", "dataset", "method", "shots", "seed")
+
+
+def _identity(spec: RunSpec) -> dict:
+    return {"protocol": spec.protocol, "preset": spec.preset, "backbone": spec.backbone, "backbone_key": spec.key,
+            "pretrained": spec.pretrained, "dataset": spec.dataset, "method": spec.method, "shots": spec.shots,
+            "seed": spec.seed}
+
+
+def _check_owner(spec: RunSpec, out: Path) -> None:
+    """A finished run of another cell in --out is never replaced."""
+    path = out / "metrics.json"
+    if not path.is_file():
+        return
+    try:
+        theirs = json.loads(path.read_text())
+        if not isinstance(theirs, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        raise RunDirError(f"--out {out} holds a metrics.json that cannot be read ({type(err).__name__}); it is "
+                          f"not replaced: delete {out} if it is yours to discard, or choose another --out") from err
+    mine = _identity(spec)
+    diffs = [f"{k}={theirs.get(k)!r} (this cell: {v!r})" for k, v in mine.items()
+             if k in theirs and theirs.get(k) != v]
+    if diffs:
+        raise RunDirError(f"--out {out} holds the finished run of another cell ({', '.join(diffs)}); it is not "
+                          "replaced. Choose another --out, or delete that run directory first")
+
+
+LOCK_NAME = ".fewclip-run.lock"
+STAGE_NAME = ".incoming"
+
+
+@contextlib.contextmanager
+def owned_run_dir(spec: RunSpec):
+    """Lock --out (one writer at a time), check its owner again under the lock, and yield a
+    fresh staging folder inside it. On failure the staging folder goes, and so does an --out
+    this call created, if it is empty; a previous finished run is never touched."""
+    out = Path(spec.out)
+    missing = []
+    folder = out
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    out.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out / LOCK_NAME)
+    stage = out / STAGE_NAME
+    try:
+        with lock:
+            _check_owner(spec, out)
+            if stage.exists():
+                shutil.rmtree(stage)  # a killed run's leftovers
+            stage.mkdir()
+            try:
+                yield stage
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
+    finally:
+        for folder in missing:
+            try:
+                folder.rmdir()  # only if empty: a failed first run leaves nothing
+            except OSError:
+                break
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """Move a complete cell from its staging folder into --out, metrics.json last. The old
+    metrics.json goes first: until the new one lands, the cell reads as unfinished."""
+    new = {p.name for p in stage.iterdir()}
+    (out / "metrics.json").unlink(missing_ok=True)
+    for old in out.iterdir():
+        if old.name in new or old.name in (LOCK_NAME, STAGE_NAME):
+            continue
+        if old.is_dir() and old.name.startswith("eval_"):
+            shutil.rmtree(old)
+        elif old.name in ("predictions.parquet", "checkpoint.pt"):
+            old.unlink()
+    for name in sorted(new - {"metrics.json"}):
+        dest = out / name
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        os.replace(stage / name, dest)
+    os.replace(stage / "metrics.json", out / "metrics.json")
+
+
+class RunLock:
+    """`{out}/.fewclip-run.lock`: an flock held for the run, holding the writer's pid and host.
+
+    A second writer is refused and told who holds it. The kernel releases an flock when its
+    process dies, so a lock left by a killed run is stale by construction: the next run takes
+    it over (and says so)."""
+
+    def __init__(self, path: Path):
+        self.path, self.fd = Path(path), None
+
+    def __enter__(self):
+        import fcntl
+
+        for _ in range(5):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                holder = self._holder()
+                who = (f"pid {holder.get('pid')} on host {holder.get('host')}, since {holder.get('started')}"
+                       if holder else "a process that is just starting")
+                raise RunDirError(
+                    f"run directory {self.path.parent} is being written by another fewclip process ({who}); "
+                    f"wait for it to finish or stop it. If that process is gone (another host), delete {self.path}"
+                ) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the holder released (and removed) it between our open and flock
+                os.close(fd)
+                continue
+            stale = self._holder()
+            if stale and (stale.get("pid"), stale.get("host")) != (os.getpid(), platform.node()):
+                print(f"fewclip: taking over the stale lock {self.path} of pid {stale.get('pid')} on host "
+                      f"{stale.get('host')} (that process is gone)", file=sys.stderr)
+            me = json.dumps({"pid": os.getpid(), "host": platform.node(),
+                             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, me, 0)
+            self.fd = fd
+            return self
+        raise RunDirError(f"could not lock {self.path}: other processes keep taking it; retry")
+
+    def _holder(self) -> dict | None:
+        try:
+            holder = json.loads(self.path.read_text() or "null")
+        except (OSError, ValueError):
+            return None
+        return holder if isinstance(holder, dict) else None
+
+    def __exit__(self, *exc):
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self.fd)
+            self.fd = None
+        return False
+
+
+def machine_fingerprint() -> dict:
+    """What decides the floating-point kernels: results are byte-identical only for the same
+    CPU model (and BLAS), GPU and library versions."""
+    return {"cpu": _cpu_model(), "blas": _blas()}
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
+    except OSError:
+        pass
+    return f"{platform.processor() or 'unknown'} ({platform.machine()})"
+
+
+@functools.lru_cache(maxsize=1)
+def _blas() -> str:
+    try:
+        config = torch.__config__.show()
+    except Exception:  # noqa: BLE001 - provenance must never fail a run
+        return "unknown"
+    found = [line.split("=", 1)[1].strip().rstrip(",") for line in config.replace(", ", "\n").splitlines()
+             if line.strip().startswith(("BLAS_INFO=", "LAPACK_INFO="))]
+    extra = [w for w in ("MKL", "OpenBLAS", "oneDNN") if f"{w}" in config and "BLAS_INFO" not in config]
+    return ", ".join(dict.fromkeys(found + extra)) or "unknown"

@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 import torch
 
 from ..errors import FewclipError
-from ..io import atomic_path
+from ..io import atomic_path, torch_load
 
 
 @dataclass
@@ -34,6 +34,32 @@ class TrainConfig:
     warmup_lr: float = 1e-5
     precision: str = "auto"  # "auto" (bf16/fp16 on GPU, fp32 on CPU) | "fp32" | "bf16" | "fp16"
     identity: dict = field(default_factory=dict)  # what a resumable checkpoint must match
+
+
+def _finite(tensors) -> bool:
+    """True when every floating-point tensor in `tensors` (a state dict, or an iterable of
+    tensors or of lists of tensors) is finite."""
+    if isinstance(tensors, dict):
+        tensors = tensors.values()
+    for t in tensors:
+        if isinstance(t, (list, tuple)) or (not isinstance(t, torch.Tensor) and hasattr(t, "__iter__")):
+            if not _finite(t):
+                return False
+        elif isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
+            return False
+    return True
+
+
+def _poisoned(what: str, epoch: int, it: int, checkpoint: Path | None, good_epoch: int | None) -> FewclipError:
+    """The NaN guard's message; it promises only the checkpoint that exists (and is finite)."""
+    if checkpoint is None:
+        kept = ""
+    elif good_epoch is None:
+        kept = f"; no checkpoint was written yet ({checkpoint} does not exist)"
+    else:
+        kept = f", the last good checkpoint is kept at {checkpoint} (after epoch {good_epoch}, finite)"
+    return FewclipError(f"{what} at epoch {epoch + 1}, step {it + 1}; training stopped{kept}. Lower the "
+                        "learning rate (--set lr=...) or use precision fp32")
 
 
 def lr_at(base_lr: float, epoch: int, it: int, iters: int, cfg: TrainConfig, warmup_epochs: int) -> float:
@@ -85,8 +111,15 @@ def train(method, batches: Callable[[int], Iterable], cfg: TrainConfig, device: 
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
     start, steps, last_loss = 0, 0, float("nan")
+    good_epoch = None  # the last epoch whose (finite) state is in `checkpoint`
     if checkpoint is not None and Path(checkpoint).is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = torch_load(checkpoint, "training checkpoint", "delete it to start this run from scratch")
+        if not isinstance(state, dict) or not {"method", "optimizer", "epoch"} <= set(state):
+            raise FewclipError(f"training checkpoint {checkpoint} is not one fewclip wrote (keys missing); "
+                               "delete it to start this run from scratch")
+        if not _finite(state["method"]):
+            raise FewclipError(f"training checkpoint {checkpoint} holds non-finite (NaN/inf) weights; "
+                               "delete it to start this run from scratch")
         if state.get("identity") != cfg.identity:
             raise FewclipError(
                 f"checkpoint {checkpoint} belongs to another run ({state.get('identity')}), not to "
@@ -99,6 +132,7 @@ def train(method, batches: Callable[[int], Iterable], cfg: TrainConfig, device: 
         if device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"])
         start, steps, last_loss = state["epoch"] + 1, state["steps"], state["loss"]
+        good_epoch = start
     resumed_from = start
 
     method.train()
@@ -113,15 +147,13 @@ def train(method, batches: Callable[[int], Iterable], cfg: TrainConfig, device: 
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loss = method.loss(batch, epoch)
             if not torch.isfinite(loss):
-                raise FewclipError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {it + 1}; training stopped"
-                    + (f", the last good checkpoint is kept at {checkpoint}" if checkpoint else "")
-                    + ". Lower the learning rate (--set lr=...) or use precision fp32"
-                )
+                raise _poisoned(f"loss became {loss.item()}", epoch, it, checkpoint, good_epoch)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
+            if not _finite(g["params"] for g in opt.param_groups):  # a finite loss, NaN/inf gradients
+                raise _poisoned("the weights became NaN/inf", epoch, it, checkpoint, good_epoch)
             steps += 1
             total, n = total + loss.item(), n + 1
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
@@ -136,7 +168,10 @@ def train(method, batches: Callable[[int], Iterable], cfg: TrainConfig, device: 
                      "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state()}
             if device.type == "cuda":
                 state["cuda_rng"] = torch.cuda.get_rng_state()
+            if not _finite(state["method"]):  # never save a poisoned state over a good one
+                raise _poisoned("the state became NaN/inf", epoch, max(n - 1, 0), checkpoint, good_epoch)
             with atomic_path(checkpoint) as tmp:
                 torch.save(state, tmp)
+            good_epoch = epoch + 1
     method.eval()
     return {"epochs": cfg.epochs, "steps": steps, "final_loss": last_loss, "resumed_from": resumed_from}

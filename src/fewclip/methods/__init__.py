@@ -18,6 +18,7 @@ import importlib.util
 import inspect
 import os
 import pkgutil
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -148,6 +149,7 @@ def resolve_hparams(cls: type[Method], dataset: str, shots: int, preset: str,
         hp.update(cls.defaults_for(dataset, shots, preset))
     hp.update(cls.presets.get(preset, {}))
     for key, value in (overrides or {}).items():
+        value = as_number(value) if isinstance(hp.get(key), float) else value
         if key not in hp:
             raise ConfigError(
                 f"method {cls.name} has no hyper-parameter '{key}'; valid keys: {', '.join(sorted(hp))}"
@@ -159,7 +161,85 @@ def resolve_hparams(cls: type[Method], dataset: str, shots: int, preset: str,
                 f"(default {default!r}), got {value!r}"
             )
         hp[key] = float(value) if isinstance(default, float) and isinstance(value, int) else value
+    validate_hparams(cls, hp)
     return hp
+
+
+# Value rules by hyper-parameter name (any method that uses the name gets them).
+POSITIVE_INTS = ("epochs", "batch_size", "views", "n_ctx", "n_prompts", "search_steps", "reduction",
+                 "cavpt_classes", "cavpt_kv_tokens", "cavpt_layers", "cavpt_qk_dim")
+NON_NEGATIVE_INTS = ("warmup_epochs", "text_warmup_epochs", "guidance_epochs")
+POSITIVE_FLOATS = ("lr", "text_lr", "eps")
+NON_NEGATIVE_FLOATS = ("warmup_lr", "weight_decay", "guidance_weight", "init_std", "alpha", "beta_max",
+                       "alpha_max", "init_alpha", "init_beta")
+UNIT_FLOATS = {"momentum": (0.0, 1.0), "ratio": (0.0, 1.0), "crop_scale_min": (0.0, 1.0)}
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    from ..engine import train
+    from ..models.templates import TEMPLATE_SETS
+
+    precisions = getattr(train, "PRECISIONS", ("auto", "fp32", "bf16", "amp", "fp16"))
+
+    return {
+        "optimizer": ("sgd", "adamw"),
+        "schedule": ("cosine_epoch", "cosine_iter", "constant"),
+        "templates": tuple(TEMPLATE_SETS),
+        "precision": tuple(precisions),
+        "class_token_position": ("end", "middle", "front"),
+        "search_split": ("fewshot_val", "full_val", "test"),
+    }
+
+
+def validate_hparams(cls: type[Method], hp: dict[str, Any]) -> None:
+    """Refuse values no run can use: non-positive epochs/batch sizes/views, non-finite or
+    non-positive learning rates, unknown optimizers/schedules/templates. Called by
+    `resolve_hparams`, so `fewclip run` and the workflow's planner check the same rules
+    before any job; raises one ConfigError naming every bad value."""
+    import math
+
+    problems = []
+
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    for key, value in hp.items():
+        if value is None:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{key}={value!r} (must be a finite number)")
+        elif key in POSITIVE_INTS and number(value) and not value >= 1:
+            problems.append(f"{key}={value!r} (must be at least 1)")
+        elif key in NON_NEGATIVE_INTS and number(value) and value < 0:
+            problems.append(f"{key}={value!r} (must be 0 or more)")
+        elif key in POSITIVE_FLOATS and number(value) and not value > 0:
+            problems.append(f"{key}={value!r} (must be greater than 0)")
+        elif key in NON_NEGATIVE_FLOATS and number(value) and value < 0:
+            problems.append(f"{key}={value!r} (must be 0 or more)")
+        elif key in UNIT_FLOATS and number(value) and not UNIT_FLOATS[key][0] <= value <= UNIT_FLOATS[key][1]:
+            lo, hi = UNIT_FLOATS[key]
+            problems.append(f"{key}={value!r} (must be between {lo} and {hi})")
+        elif key == "ratios" and isinstance(value, list) and not (
+                value and all(number(v) and 0 <= v <= 1 for v in value)):
+            problems.append(f"{key}={value!r} (must be a non-empty list of numbers between 0 and 1)")
+    choices = _choices()
+    for key, valid in choices.items():
+        value = hp.get(key)
+        if isinstance(value, str) and value not in valid:
+            problems.append(f"{key}={value!r} (valid: {', '.join(valid)})")
+    if problems:
+        raise ConfigError(f"method {cls.name}: bad hyper-parameter value{'s' if len(problems) > 1 else ''}: "
+                          + "; ".join(problems) + ". Fix them in --set or the config's method_params")
+
+
+_FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def as_number(value: Any) -> Any:
+    """PyYAML (YAML 1.1) reads `1e-3` as the string '1e-3': give it back as the float it is."""
+    if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
+        return float(value)
+    return value
 
 
 def _same_kind(default: Any, value: Any) -> bool:
