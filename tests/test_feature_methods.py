@@ -24,20 +24,26 @@ def _norm(x):
 
 def _task(method, n_classes=3, shots=2, dim=16, n_views=10, seed=0, dataset="oxford_pets", preset="clean",
           overrides=None, val_labels=None):
-    """A synthetic FeatureTask: class c's features cluster around a random direction."""
+    """A synthetic FeatureTask: class c's features cluster around a random direction. Each
+    Features holds the normalised rows and raw ones (the same directions with norms 1-5, drawn
+    from their own generator so the normalised rows do not depend on them)."""
     g = torch.Generator().manual_seed(seed)
+    g_norm = torch.Generator().manual_seed(seed + 1000)
     centres = _norm(torch.randn(n_classes, dim, generator=g))
     text = _norm(centres + 0.5 * torch.randn(n_classes, dim, generator=g))
 
-    def sample(labels, n=None):
+    def sample(paths, labels, n=None):
         x = centres[labels] + 0.6 * torch.randn(*(() if n is None else (n,)), len(labels), dim, generator=g)
-        return _norm(x)
+        raw = _norm(x) * (1 + 4 * torch.rand(*x.shape[:-1], 1, generator=g_norm))
+        return Features(paths, labels, _norm(raw), raw)
 
     train_y = torch.arange(n_classes).repeat_interleave(shots)
     val_y = torch.arange(n_classes).repeat_interleave(2)
-    train = Features([f"t{i}" for i in range(len(train_y))], train_y, sample(train_y))
-    views = Features(train.paths, train_y, sample(train_y, n_views))
-    val = Features([f"v{i}" for i in range(len(val_y))], val_y if val_labels is None else val_labels, sample(val_y))
+    train = sample([f"t{i}" for i in range(len(train_y))], train_y)
+    views = sample(train.paths, train_y, n_views)
+    val = sample([f"v{i}" for i in range(len(val_y))], val_y)
+    if val_labels is not None:
+        val.labels = val_labels
     classes = ClassSet([f"c{i}" for i in range(n_classes)], text, torch.arange(n_classes))
     cls = get_method(method)
     hp = resolve_hparams(cls, dataset, shots, preset, overrides or {})
@@ -68,7 +74,7 @@ def test_tip_logits_equal_numpy_formula():
     got = m.logits(x, task.classes).numpy()
 
     f, w = x.double().numpy(), task.classes.text_features.double().numpy()
-    keys = task.views.features.double().numpy().mean(0)
+    keys = task.views.raw.double().numpy().mean(0)  # the mean of the raw views, then normalised
     keys /= np.linalg.norm(keys, axis=-1, keepdims=True)
     values = np.eye(3)[task.train.labels.numpy()]
     want = 100 * f @ w.T + 1.7 * np.exp(-2.3 * (1 - f @ keys.T)) @ values

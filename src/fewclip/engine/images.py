@@ -1,6 +1,9 @@
 """The image path of a grid cell (prompt methods): the backbone runs inside training, so the
 method sees images, not stored features. The feature-level twin is `run.FeatureInputs`.
 
+Evaluation runs in the training precision: autocast as training's, or, for a method trained in
+pure fp16 (`official` on a GPU), the half model on half images.
+
 Train batches follow Dassl (SPEC §1, official-code-facts §1.0): RandomResizedCrop(scale
 0.08–1, bicubic) + flip + CLIP normalisation, shuffled each epoch, `drop_last` when the few-shot
 set holds at least one batch. The order and every image's augmentation are drawn from
@@ -97,11 +100,11 @@ def _classes_to(classes: ClassSet, device) -> ClassSet:
 
 
 def autocast_dtype(hp: dict, device: torch.device):
-    """The evaluation precision: as training's (`precision` hp), fp32 on CPU."""
-    from .train import TrainConfig, _precision
+    """The evaluation autocast dtype: as training's (`precision` hp), none on the CPU and none
+    for pure fp16 (a half method is evaluated in half, as the official fp16 models are)."""
+    from .train import resolve_precision
 
-    dtype, _ = _precision(TrainConfig(epochs=1, lr=0.0, precision=hp.get("precision", "auto")), device)
-    return dtype
+    return resolve_precision(hp.get("precision", "auto"), device).autocast
 
 
 class ImageInputs:
@@ -141,12 +144,14 @@ class ImageInputs:
                          get_spec(self.spec.dataset))
 
     def batches(self, task: ImageTask, hp: dict, seed: int):
-        """`epoch -> iterable of (images, labels)` on the device (Dassl's train loader)."""
+        """`epoch -> iterable of (images, labels)` on the device (Dassl's train loader, in both
+        presets: the last incomplete batch is dropped when the set holds a full one)."""
         from ..data.transforms import train_transform
+        from .train import dassl_drop_last
 
         items, ds = task.train.items, task.train.dataset
         batch_size = int(hp["batch_size"])
-        drop_last = len(items) >= batch_size
+        drop_last = dassl_drop_last(len(items), batch_size)
         transform = train_transform(task.train.image_size, scale=(float(hp.get("crop_scale_min", 0.08)), 1.0))
         device = self.device
 
@@ -173,11 +178,15 @@ class ImageInputs:
         """[N, C] logits of the test images, float on the CPU."""
         from tqdm import tqdm
 
+        from .train import is_half
+
         classes = _classes_to(classes, self.device)
-        dtype = autocast_dtype(self.hp or method.hp, self.device)
+        half = is_half(method)  # trained in pure fp16: evaluated in fp16 (images fed as half)
+        dtype = None if half else autocast_dtype(self.hp or method.hp, self.device)
         method.eval()
         out = []
         with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             for images, _ in tqdm(test.loader(), desc=f"{method.name} eval", unit="batch", leave=False):
-                out.append(method.logits(images.to(self.device), classes).float().cpu())
+                images = images.to(self.device)
+                out.append(method.logits(images.half() if half else images, classes).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, len(classes.names))

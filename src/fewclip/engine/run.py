@@ -113,8 +113,11 @@ class FeatureInputs:
         return _keep_labels(self.store(ds).test(), labels)
 
     def logits(self, method: Method, feats: Features, classes: ClassSet) -> torch.Tensor:
+        x = feats.raw if getattr(method, "reads_raw", False) else feats.features  # lpclip: raw features
+        if x is None:
+            raise ConfigError(f"method {method.name} reads raw features, and these features have none")
         with torch.no_grad():
-            return method.logits(feats.features.to(self.device), _to(classes, self.device)).float().cpu()
+            return method.logits(x.to(self.device), _to(classes, self.device)).float().cpu()
 
 
 def _to(classes: ClassSet, device) -> ClassSet:
@@ -123,15 +126,22 @@ def _to(classes: ClassSet, device) -> ClassSet:
 
 
 def view_batches(task: FeatureTask, batch_size: int, seed: int):
-    """Each epoch: every few-shot image once, as one of its stored augmented views, shuffled."""
+    """Each epoch: every few-shot image once, as one of its stored augmented views, shuffled.
+
+    With hp `drop_last` (CLIP-Adapter under `official`: a Dassl trainer) the last incomplete
+    batch is dropped when the set holds at least one full batch, as Dassl's train loader does
+    (`drop_last = len(data) >= batch_size`); Tip-Adapter-F's own loader keeps it."""
+    from .train import dassl_drop_last
+
     views = task.views.features
     n_views, n = views.shape[0], views.shape[1]
+    stop = n - n % batch_size if task.hp.get("drop_last", False) and dassl_drop_last(n, batch_size) else n
 
     def batches(epoch: int):
         g = torch.Generator().manual_seed(seed * 100003 + epoch)
         order = torch.randperm(n, generator=g)
         pick = torch.randint(n_views, (n,), generator=g)
-        for i in range(0, n, batch_size):
+        for i in range(0, stop, batch_size):
             idx = order[i : i + batch_size]
             yield (views[pick[idx], idx].to(task.device), task.train.labels[idx].to(task.device))
 
@@ -189,7 +199,7 @@ def _peak_mem_mb(device: torch.device) -> float:
 
 
 def _write_eval(out: Path, ds: Dataset, paths: list[str], labels: torch.Tensor, logits: torch.Tensor | None,
-                metrics: dict) -> dict:
+                metrics: dict, report=None) -> dict:
     import pandas as pd
 
     _check_not_empty(ds.name, paths, str(metrics.get("eval_split", "test")))
@@ -204,6 +214,8 @@ def _write_eval(out: Path, ds: Dataset, paths: list[str], labels: torch.Tensor, 
         with atomic_path(out / "predictions.parquet") as tmp:
             frame.to_parquet(tmp, index=False)
         metrics.update(top1=100.0 * correct.float().mean().item() if len(paths) else 0.0, n_test=len(paths))
+        if report is not None:  # the number the official code reports (Tip-Adapter-F: a max)
+            metrics.update(report(metrics["top1"]))
     write_json(out / "metrics.json", metrics)
     return metrics
 
@@ -331,7 +343,7 @@ def _run_cell(spec: RunSpec, stage: Path) -> dict:
 
     metrics = {**base, "eval_dataset": spec.dataset, "eval_split": "base" if spec.protocol == "base2new" else "test",
                "n_classes": n_base, "eval_seconds": eval_seconds}
-    metrics = _write_eval(stage, full, test.paths, test.labels, logits, metrics)
+    metrics = _write_eval(stage, full, test.paths, test.labels, logits, metrics, getattr(method, "report", None))
     _publish(stage, out)
     (out / "train_state.pt").unlink(missing_ok=True)
     return metrics
@@ -391,7 +403,7 @@ def _keep_labels(feats: Features, labels) -> Features:
     relabel = torch.full((int(feats.labels.max()) + 1,), -1, dtype=torch.long)
     relabel[torch.as_tensor(labels)] = torch.arange(len(labels))
     return Features([p for p, k in zip(feats.paths, keep.tolist()) if k], relabel[feats.labels[keep]],
-                    feats.features[keep])
+                    feats.features[keep], None if feats.raw is None else feats.raw[keep])
 
 
 def train_config(hp: dict, identity: dict) -> TrainConfig:

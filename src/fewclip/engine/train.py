@@ -6,10 +6,24 @@ Methods provide `param_groups()` (each group may carry its own `lr` and `warmup_
 the device. Schedules follow Dassl (SPEC §2): during warm-up the lr is a constant
 `warmup_lr`; afterwards a cosine over `epochs` restarts its count (WARMUP_RECOUNT), stepped per
 epoch; `schedule="cosine_iter"` (Tip-Adapter-F) anneals per iteration over all iterations.
+
+Precision (`precision` hp; SPEC §2.2; the result's `train.precision` records what ran):
+- "fp16": **pure fp16**, the official code's `PREC fp16` (CoOp, CoCoOp, VPT, VLP, DPT) and
+  Tip-Adapter-F's fp16 adapter: the frozen CLIP (a half copy held by the method), the learned
+  tensors, Meta-Net, CAVPT and the method's buffers are cast to half, batches are fed in half, no
+  autocast, **no GradScaler**, and SGD/AdamW update the half weights (their state is half too).
+  The `official` preset's setting. GPU only: on the CPU it runs fp32 and says so, unless
+  `TrainConfig.cpu_half` asks for half on the CPU (the tests of the fp16 mechanics do).
+- "amp": fp32 master weights, fp16 autocast and a GradScaler (the official code's `PREC amp`).
+- "auto": fp32 master weights with bf16 autocast (fp16 + GradScaler where bf16 is unsupported);
+  the `clean` preset's setting. "bf16": bf16 autocast. "fp32": no autocast.
+  On the CPU everything but a requested pure fp16 runs fp32.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +31,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from ..errors import FewclipError
+from ..errors import ConfigError, FewclipError
 from ..io import atomic_path, torch_load
 
 
@@ -32,8 +46,101 @@ class TrainConfig:
     schedule: str = "cosine_epoch"  # "cosine_epoch" | "cosine_iter" | "constant"
     warmup_epochs: int = 0
     warmup_lr: float = 1e-5
-    precision: str = "auto"  # "auto" (bf16/fp16 on GPU, fp32 on CPU) | "fp32" | "bf16" | "fp16"
+    precision: str = "auto"  # "auto" | "fp32" | "bf16" | "amp" | "fp16" (pure half): see the module doc
     identity: dict = field(default_factory=dict)  # what a resumable checkpoint must match
+    cpu_half: bool = False  # run a requested pure fp16 on the CPU too (tests of its mechanics)
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "amp", "fp16")
+
+
+def dassl_drop_last(n: int, batch_size: int) -> bool:
+    """Dassl's train loader (`data_manager.build_data_loader`): `drop_last = len(data) >= batch_size`."""
+    return n >= batch_size
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a run computes: `half` (pure fp16 weights), else fp32 weights with an optional
+    autocast dtype and GradScaler."""
+
+    asked: str
+    half: bool = False
+    autocast: torch.dtype | None = None
+    scaler: bool = False
+    note: str = ""
+
+    def describe(self) -> dict:
+        if self.half:
+            used = "fp16 (pure: half weights and optimiser state, no autocast, no GradScaler)"
+        elif self.autocast is not None:
+            used = f"{str(self.autocast).removeprefix('torch.')} autocast, fp32 master weights" + \
+                (", GradScaler" if self.scaler else "")
+        else:
+            used = "fp32"
+        out = {"asked": self.asked, "used": used, "weights": "fp16" if self.half else "fp32",
+               "grad_scaler": self.scaler}
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+def resolve_precision(name: str, device: torch.device, cpu_half: bool = False) -> Precision:
+    """The precision a run with hp `precision` = `name` uses on `device` (module doc)."""
+    if name not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
+    if name == "fp16":
+        if device.type == "cuda" or cpu_half:
+            return Precision(name, half=True)
+        return Precision(name, note="pure fp16 (the official precision) runs on GPUs only; this CPU run is fp32")
+    if device.type != "cuda" or name == "fp32":
+        return Precision(name, note="" if name == "fp32" else "CPU run: fp32")
+    if name == "amp" or (name == "auto" and not torch.cuda.is_bf16_supported()):
+        return Precision(name, autocast=torch.float16, scaler=True)
+    return Precision(name, autocast=torch.bfloat16)
+
+
+def is_half(method) -> bool:
+    """Whether `method` holds pure-fp16 weights (after `make_half`)."""
+    return getattr(method, "_pure_half", False)
+
+
+def make_half(method) -> None:
+    """Pure fp16, as the official code: the method's parameters and floating buffers become half
+    (a method may keep some in full precision through `half_exempt()`, the names of buffers it
+    keeps, e.g. Tip-Adapter's α, β, python floats in the official code), and its frozen
+    backbone is replaced by a half copy (the shared fp32 backbone of the process is untouched);
+    every submodule that references the old CLIP model (`_model`) is pointed at the copy."""
+    if is_half(method):
+        return
+    exempt = set(method.half_exempt()) if hasattr(method, "half_exempt") else set()
+    kept = {name: buf for name, buf in method.named_buffers() if name in exempt}
+    frozen = getattr(method, "_frozen", None)
+    if frozen:
+        old = frozen[0]
+        model = copy.deepcopy(old.model).half()
+        frozen[0] = dataclasses.replace(old, model=model)
+        for module in method.modules():
+            refs = getattr(module, "_model", None)
+            if isinstance(refs, list) and refs and refs[0] is old.model:
+                refs[0] = model
+            if hasattr(module, "_banks"):
+                module._banks = {}
+        if hasattr(method, "_cache"):
+            method._cache = {}
+    method.half()
+    for name, buf in kept.items():
+        owner = method.get_submodule(name.rpartition(".")[0]) if "." in name else method
+        setattr(owner, name.rpartition(".")[2], buf)
+    method._pure_half = True
+
+
+def _half_batch(batch):
+    if isinstance(batch, torch.Tensor):
+        return batch.half() if batch.is_floating_point() else batch
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_half_batch(b) for b in batch)
+    return batch
 
 
 def _finite(tensors) -> bool:
@@ -74,11 +181,9 @@ def lr_at(base_lr: float, epoch: int, it: int, iters: int, cfg: TrainConfig, war
 
 
 def _precision(cfg: TrainConfig, device: torch.device):
-    if device.type != "cuda" or cfg.precision == "fp32":
-        return None, False
-    if cfg.precision == "fp16" or (cfg.precision == "auto" and not torch.cuda.is_bf16_supported()):
-        return torch.float16, True
-    return torch.bfloat16, False
+    """(autocast dtype or None, GradScaler?) of a config (pure fp16 autocasts nothing)."""
+    p = resolve_precision(cfg.precision, device, cfg.cpu_half)
+    return p.autocast, p.scaler
 
 
 def _optimizer(groups, cfg: TrainConfig):
@@ -92,9 +197,13 @@ def _optimizer(groups, cfg: TrainConfig):
 def train(method, batches: Callable[[int], Iterable], cfg: TrainConfig, device: torch.device,
           checkpoint: Path | None = None, on_epoch_end: Callable[[int], None] | None = None,
           desc: str = "train") -> dict:
-    """Train `method` in place; returns {"epochs", "steps", "final_loss", "resumed_from"}."""
+    """Train `method` in place; returns {"epochs", "steps", "final_loss", "resumed_from",
+    "precision"}."""
     from tqdm import tqdm
 
+    precision = resolve_precision(cfg.precision, device, cfg.cpu_half)
+    if precision.half:
+        make_half(method)
     groups = []
     for g in method.param_groups():
         g = dict(g)
@@ -107,7 +216,7 @@ def train(method, batches: Callable[[int], Iterable], cfg: TrainConfig, device: 
     if not groups:
         raise FewclipError(f"method {method.name} has no trainable parameters")
     opt = _optimizer(groups, cfg)
-    dtype, use_scaler = _precision(cfg, device)
+    dtype, use_scaler = precision.autocast, precision.scaler
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
     start, steps, last_loss = 0, 0, float("nan")
@@ -142,6 +251,8 @@ def train(method, batches: Callable[[int], Iterable], cfg: TrainConfig, device: 
         bar = tqdm(epoch_batches, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="batch")
         total, n = 0.0, 0
         for it, batch in enumerate(bar):
+            if precision.half:
+                batch = _half_batch(batch)
             for g in opt.param_groups:
                 g["lr"] = lr_at(g["base_lr"], epoch, it, iters, cfg, g["warmup_epochs"])
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -174,4 +285,5 @@ def train(method, batches: Callable[[int], Iterable], cfg: TrainConfig, device: 
                 torch.save(state, tmp)
             good_epoch = epoch + 1
     method.eval()
-    return {"epochs": cfg.epochs, "steps": steps, "final_loss": last_loss, "resumed_from": resumed_from}
+    return {"epochs": cfg.epochs, "steps": steps, "final_loss": last_loss, "resumed_from": resumed_from,
+            "precision": precision.describe()}

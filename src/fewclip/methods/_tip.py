@@ -45,11 +45,16 @@ def class_values(values: torch.Tensor, classes: ClassSet, method: str) -> torch.
 
 
 def cache_init(task) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys: the 10 stored augmented views of each few-shot train image, averaged, then
-    L2-normalised; values: one-hot labels over the training classes."""
+    """Keys: the **raw** (unnormalised) features of the 10 stored augmented views of each few-shot
+    train image, averaged, then L2-normalised (Tip-Adapter's `build_cache_model`: the mean of
+    `encode_image` outputs, normalised after averaging); values: one-hot labels over the
+    training classes."""
     if task.views is None:
         raise ConfigError("Tip-Adapter needs stored augmented views (hyper-parameter views > 0)")
-    keys = task.views.features.float().mean(0)
+    if task.views.raw is None:
+        raise ConfigError("Tip-Adapter's keys average the raw (unnormalised) view features, and the store gave "
+                          "none; re-encode the feature store (fewclip encode)")
+    keys = task.views.raw.float().mean(0)
     keys = keys / keys.norm(dim=-1, keepdim=True)
     values = torch.nn.functional.one_hot(task.train.labels.long(), len(task.classes.names)).float()
     return keys.to(task.device), values.to(task.device)
@@ -77,9 +82,12 @@ def search_alpha_beta(x, labels, text, keys, values, beta_max: float, alpha_max:
     stays near `budget` elements, then takes the first maximum in β-major order (the official
     strict `>` over `for beta: for alpha:`)."""
     betas, alphas = search_grid(beta_max, alpha_max, steps)
-    x, labels = x.float(), labels.to(x.device)
-    keys, values, text = keys.float(), values.float(), text.float()
-    alpha_t = torch.tensor(alphas, dtype=torch.float32, device=x.device)
+    # in the keys' precision: fp32, or fp16 for a pure-fp16 Tip-Adapter-F (the official search
+    # runs on fp16 features and adapter)
+    dtype = torch.float16 if keys.dtype == torch.float16 else torch.float32
+    x, labels = x.to(dtype), labels.to(x.device)
+    keys, values, text = keys.to(dtype), values.to(dtype), text.to(dtype)
+    alpha_t = torch.tensor(alphas, dtype=dtype, device=x.device)
     n, c = x.shape[0], values.shape[1]
     correct = torch.zeros(len(betas), len(alphas), dtype=torch.long, device=x.device)
     rows = max(1, budget // max(keys.shape[0], c * len(alphas), 1))

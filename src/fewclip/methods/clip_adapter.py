@@ -11,7 +11,9 @@ class set, unseen classes included.
 Training (no official config exists; third-party settings, SPEC §2): SGD lr 0.01, momentum 0.9,
 weight decay 5e-4, batch 32, CoOp's epochs (1-shot 50, 2/4-shot 100, 8/16-shot 200, ImageNet
 50) and CoOp's schedule (1 warm-up epoch at 1e-5, then a cosine per epoch), on the stored
-augmented views (one random view of every train image per epoch).
+augmented views (one random view of every train image per epoch). `official` trains as Dassl's
+loader batches (`drop_last` when the set holds a full batch) in fp32 (the released trainer casts
+CLIP to fp32); `clean` keeps the last incomplete batch and uses the engine's default precision.
 
 Ratio r (metrics.json `hparams.ratio`): official preset r = 0.2, hard-coded as in the released
 code. clean preset: one adapter per candidate r in `ratios` (0.2, 0.4, 0.6, 0.8) is trained
@@ -71,8 +73,11 @@ class CLIPAdapter(Method):
     hparams = {"views": 10, "side": "visual", "ratio": 0.2, "reduction": 4, "select_ratio": False,
                "ratios": [0.2, 0.4, 0.6, 0.8], "epochs": 200, "lr": 0.01, "optimizer": "sgd", "momentum": 0.9,
                "weight_decay": 5e-4, "schedule": "cosine_epoch", "warmup_epochs": 1, "warmup_lr": 1e-5,
-               "batch_size": 32}
-    presets = {"clean": {"select_ratio": True}, "official": {"select_ratio": False, "ratio": 0.2}}
+               "batch_size": 32, "drop_last": False, "precision": "auto"}
+    # official: the released trainer's hard-coded ratio, Dassl's train loader (the last incomplete
+    # batch dropped when there is a full one) and its fp32 CLIP (`clip_model.float()`)
+    presets = {"clean": {"select_ratio": True},
+               "official": {"select_ratio": False, "ratio": 0.2, "drop_last": True, "precision": "fp32"}}
 
     @classmethod
     def defaults_for(cls, dataset, shots, preset, protocol="fewshot"):

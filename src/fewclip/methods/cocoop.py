@@ -27,7 +27,6 @@ class CoCoOp(CoOp):
         "n_ctx": 4, "ctx_init": "a photo of a", "csc": False, "class_token_position": "end", "init_std": 0.02,
         "epochs": 10, "lr": 0.002, "batch_size": 1, "warmup_epochs": 1, **SGD_DEFAULTS,
     }
-    presets = {"official": {"precision": "fp16"}}
 
     @classmethod
     def defaults_for(cls, dataset, shots, preset, protocol="fewshot"):

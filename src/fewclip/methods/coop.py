@@ -17,7 +17,7 @@ from . import ClassSet, Method, NotApplicable, register
 # Dassl optimiser/schedule keys shared by every prompt method (SPEC §2).
 SGD_DEFAULTS = {
     "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine_epoch",
-    "warmup_lr": 1e-5, "precision": "auto",
+    "warmup_lr": 1e-5, "precision": "auto",  # official preset: "fp16" (pure half, PromptMethod.presets)
     # the train transform's RandomResizedCrop scale (SPEC §1: 0.08-1); the engine reads it
     "crop_scale_min": 0.08,
 }
@@ -36,10 +36,17 @@ COCOOP_BASELINE = {"n_ctx": 4, "ctx_init": "a photo of a", "csc": False, "class_
 
 
 class PromptMethod(Method):
-    """An image-level method on a frozen CLIP backbone."""
+    """An image-level method on a frozen CLIP backbone.
+
+    Precision (SPEC §2.2): the official trainers (CoOp, CoCoOp, VPT, VLP, DPT) default to
+    `PREC fp16`, pure half weights trained without a GradScaler: the `official` preset's
+    `precision` "fp16" (the engine casts the CLIP copy, the learned tensors and modules to half;
+    GPU only, fp32 on the CPU, recorded in metrics.json `train.precision`). `clean` keeps fp32
+    master weights with bf16 autocast ("auto")."""
 
     needs = "images"
     trains = True
+    presets = {"official": {"precision": "fp16"}}
 
     def __init__(self, hp):
         super().__init__(hp)
@@ -93,7 +100,6 @@ class CoOp(PromptMethod):
         "n_ctx": 16, "ctx_init": "", "csc": False, "class_token_position": "end", "init_std": 0.02,
         "epochs": 200, "lr": 0.002, "batch_size": 32, "warmup_epochs": 1, **SGD_DEFAULTS,
     }
-    presets = {"official": {"precision": "fp16"}}
 
     @classmethod
     def defaults_for(cls, dataset, shots, preset, protocol="fewshot"):

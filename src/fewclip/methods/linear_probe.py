@@ -11,6 +11,10 @@ The classifier of the last step's choice is the result. Under both presets the s
 same (lpclip has no test-set selection). metrics.json `hparams`: `C`, `val_acc`, the coarse
 grid's accuracies `c_grid_acc` and every bisection point `c_search`.
 
+Features (`features` hp, metrics.json `selected.fit_on`): `official` fits lpclip's input, the
+**raw, unnormalised** encoder output (the store's `Features.raw`, also at test time); `clean`
+fits the L2-normalised features ("normalised").
+
 The fitted weights live as torch buffers (`weight` [C, d], `bias` [C]) so `logits` runs on
 any device: logits = f·W_lpᵀ + b. The head is class-specific: unseen classes are n/a, and
 ImageNet-A/-R keep the rows of their 200 ImageNet classes.
@@ -88,19 +92,37 @@ def torch_head(clf, n_classes: int, dim: int) -> tuple[torch.Tensor, torch.Tenso
 class LinearProbe(Method):
     name = "linear_probe"
     needs = "features"
-    hparams = {"search_steps": 8}
+    hparams = {"search_steps": 8, "features": "normalised"}
+    presets = {"official": {"features": "raw"}}  # lpclip fits the raw encoder output
+
+    @property
+    def reads_raw(self) -> bool:
+        """Whether the engine must feed raw (unnormalised) features to `logits`."""
+        return self.hp.get("features", "normalised") == "raw"
+
+    def _x(self, feats, split: str) -> torch.Tensor:
+        kind = self.hp.get("features", "normalised")
+        if kind not in ("raw", "normalised"):
+            raise ConfigError(f"linear_probe features must be 'raw' or 'normalised', got {kind!r}")
+        if kind == "normalised":
+            return feats.features
+        if feats.raw is None:
+            raise ConfigError(f"linear_probe features=raw needs the raw {split} features, and the store gave none; "
+                              "re-encode the feature store (fewclip encode)")
+        return feats.raw
 
     def setup(self, task) -> dict:
         if len(task.val.labels) == 0:
             raise ConfigError("linear_probe chooses C on the few-shot val split, and this cell has none")
-        tx, ty = task.train.features.double().numpy(), task.train.labels.numpy()
-        vx, vy = task.val.features.double().numpy(), task.val.labels.numpy()
+        tx, ty = self._x(task.train, "train").double().numpy(), task.train.labels.numpy()
+        vx, vy = self._x(task.val, "val").double().numpy(), task.val.labels.numpy()
         if len(np.unique(ty)) < 2:
             raise ConfigError("linear_probe needs at least two classes in the few-shot train set")
         found = search_c(tx, ty, vx, vy, task.seed, int(self.hp["search_steps"]))
         weight, bias = torch_head(found.pop("clf"), len(task.classes.names), tx.shape[1])
         self.register_buffer("weight", weight.to(task.device))
         self.register_buffer("bias", bias.to(task.device))
+        found["fit_on"] = self.hp.get("features", "normalised")
         return found
 
     def logits(self, x, classes: ClassSet):
