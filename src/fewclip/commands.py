@@ -99,6 +99,9 @@ def register(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a hyper-parameter of the method (repeatable), e.g. --set epochs=1")
     p.add_argument("--config-hash", default="")
+    p.add_argument("--expect-hparams", nargs="+", default=[], metavar="SHA256",
+                   help="the workflow's planned hyper-parameter digest per cell (`fewclip plan`), in the order "
+                        "the cells run (shots-major); a cell that would resolve other values is refused")
     p.add_argument("--workers", type=count_type, default=0)
     p.set_defaults(func=cmd_run)
 
@@ -249,12 +252,15 @@ def cmd_run(args) -> int:
             if several and (field not in args.out or (args.manifest and field not in args.manifest)):
                 raise ConfigError(f"several {flag} values need '{field}' in --out (and in --manifest) "
                                   "so that every cell gets its own run directory")
+    if args.expect_hparams and len(args.expect_hparams) != len(cells):
+        raise ConfigError(f"--expect-hparams has {len(args.expect_hparams)} digests for {len(cells)} cells")
+    expected = args.expect_hparams or [None] * len(cells)
     overrides = parse_overrides(args.overrides)
     claim(args.device)  # before torch touches CUDA: one device of the lock-file pool (see fewclip.gpus)
     from .engine.run import RunSpec, run_cell, validate_spec
 
     specs = []
-    for k, s in cells:
+    for (k, s), digest in zip(cells, expected):
         out = args.out.replace("{shots}", str(k)).replace("{seed}", str(s))
         manifest = args.manifest.replace("{shots}", str(k)).replace("{seed}", str(s)) if args.manifest else None
         specs.append(RunSpec(
@@ -262,7 +268,7 @@ def cmd_run(args) -> int:
             backbone_key=args.backbone_key, pretrained=args.pretrained, out=out, shots=k, seed=s,
             preset=args.preset, overrides=overrides, device=args.device, protocol=args.protocol,
             evals=args.evals, manifest=manifest, features=args.features, config_hash=args.config_hash,
-            workers=args.workers,
+            workers=args.workers, expect_hparams=digest,
         ))
     if len({sp.out for sp in specs}) < len(specs):
         raise ConfigError(f"--out {args.out} gives several cells the same run directory")

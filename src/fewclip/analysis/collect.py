@@ -15,7 +15,7 @@ from ..grid import expand_grid
 
 # Run directory layout (fewclip.grid.run_dir): {protocol}/{backbone}/{dataset}/{method}/{K}shot/seed{S}
 CELL_GLOB = os.path.join("*", "*", "*", "*", "*shot", "seed*")
-NESTED = ("hparams", "provenance")
+NESTED = ("hparams", "selected", "provenance")
 # Fields that must agree inside one table (protocol, backbone_key, shots): a table mixing them
 # would compare numbers that were not produced under the same conditions.
 TABLE_INVARIANTS = ("preset", "backbone", "pretrained")

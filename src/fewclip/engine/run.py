@@ -56,6 +56,7 @@ class RunSpec:
     manifest: str | None = None  # a manifest written by `fewclip split`; sampled here when absent
     features: str | None = None  # feature-store root; default: results/features
     config_hash: str = ""
+    expect_hparams: str | None = None  # the workflow's planned digest of the resolved hparams (fewclip.plan)
     workers: int = 0
 
     @property
@@ -241,6 +242,11 @@ def _run_cell(spec: RunSpec, stage: Path) -> dict:
     for t in spec.evals:
         get_spec(t)
     hp = resolve_hparams(cls, spec.dataset, spec.shots, spec.preset, spec.overrides, spec.protocol)
+    if spec.expect_hparams and sha256_json(hp) != spec.expect_hparams:
+        raise ConfigError(
+            f"{spec.method} {spec.dataset} {spec.shots}-shot seed {spec.seed}: this run resolves other "
+            "hyper-parameters than the workflow planned (fewclip or a plugin changed after Snakemake read the "
+            "config); rerun snakemake so that it plans again (`fewclip plan` shows what it will run)")
     out = Path(spec.out)
     device = _device(spec.device)
     torch.manual_seed(spec.seed)
@@ -314,7 +320,7 @@ def _run_cell(spec: RunSpec, stage: Path) -> dict:
         "pretrained": spec.pretrained, "dataset": spec.dataset, "method": cls.name, "shots": spec.shots,
         "seed": spec.seed, "trainable_params": sum(p.numel() for p in method.parameters() if p.requires_grad),
         "epochs": int(hp.get("epochs", 0)) if cls.trains else 0, "train_seconds": train_seconds,
-        "peak_mem_mb": _peak_mem_mb(device), "hparams": {**hp, **info}, "train": train_stats,
+        "peak_mem_mb": _peak_mem_mb(device), "hparams": hp, "selected": info, "train": train_stats,
         "short_classes": manifest.get("short_classes", {}), "val_is_test": manifest.get("val_is_test", False),
         "provenance": _provenance(spec, manifest, backbone_info["sha256"], device), "status": "complete",
     }
