@@ -4,6 +4,7 @@ import json
 from collections import Counter
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -346,3 +347,21 @@ def test_base2new_cache_and_probe_are_na_on_new(pets, tmp_path):
         new = json.loads((out / "eval_new" / "metrics.json").read_text())
         assert base["top1"] is not None
         assert (new["top1"] is None) == na and ("na_reason" in new) == na
+
+
+def test_official_cells_record_what_they_fit_and_report(pets, tmp_path):
+    """Issue 16: under `official`, Tip-Adapter-F reports max(best epoch, after search) with both
+    values, the linear probe fits (and scores) raw features, and the precision is recorded."""
+    feats = tmp_path / "features"
+    m = run_cell(_spec(pets, tmp_path / "tipf", "tip_adapter_f", preset="official", features=feats, epochs=3))
+    assert m["top1"] == max(m["top1_best_epoch"], m["top1_after_search"]) and m["top1_rule"].startswith("max(")
+    assert m["selected"]["selected_on"] == "test" and m["hparams"]["templates"] == "dataset"
+    assert m["train"]["precision"]["asked"] == "fp16" and m["train"]["precision"]["weights"] == "fp32"  # CPU
+    assert "GPU" in m["train"]["precision"]["note"]
+    c = run_cell(_spec(pets, tmp_path / "tipf_clean", "tip_adapter_f", features=feats, epochs=3))
+    assert c["top1"] == c["top1_after_search"] and c["top1_rule"] == "accuracy after the second search"
+    for preset, kind in (("official", "raw"), ("clean", "normalised")):
+        lp = run_cell(_spec(pets, tmp_path / f"lp_{preset}", "linear_probe", preset=preset, features=feats))
+        assert lp["selected"]["fit_on"] == kind
+        pred = pd.read_parquet(tmp_path / f"lp_{preset}" / "predictions.parquet")
+        assert lp["top1"] == pytest.approx(100.0 * pred["correct"].mean())
