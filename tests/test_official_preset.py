@@ -597,3 +597,32 @@ def test_pure_fp16_tip_adapter_f_mechanics_on_cpu():
     info = m.finish(task)
     logits = m.logits(task.test.features, task.classes)
     assert logits.dtype == torch.float16 and info["search_split"] == "full_val"
+
+
+@pytest.mark.parametrize("name", ["coop", "cocoop", "vpt", "vlp", "dpt"])
+def test_pure_fp16_every_prompt_method_on_cpu(vit, name):
+    """One pure-fp16 epoch of each CoOp-family method (CPU half matmuls): every learned tensor
+    (context, Meta-Net, visual prompts, CAVPT) is half, the method's CLIP is a half copy, the
+    process's backbone stays fp32, and the half model evaluates half images."""
+    r = ref("coop")
+    names = r["class_names"]
+    text = class_text_features(vit, names, "dataset", "a photo of a {}.")
+    cls = get_method(name)
+    over = {"epochs": 1, "warmup_epochs": 0, **({"text_warmup_epochs": 0} if name in ("vlp", "dpt") else {})}
+    hp = resolve_hparams(cls, "oxford_pets", 16, "official", over)
+    torch.manual_seed(0)
+    method = cls(hp)
+    task = SimpleNamespace(backbone=vit, classes=ClassSet(list(names), text, torch.arange(len(names))), device=CPU,
+                           preset="official", hp=hp, dataset="oxford_pets", shots=16, seed=1, spec=None)
+    method.setup(task)
+    cfg = TrainConfig(epochs=1, lr=hp["lr"], precision=hp["precision"], cpu_half=True)
+    stats = train(method, lambda e: [(r["images"], r["labels"])], cfg, CPU)
+    assert stats["steps"] == 1 and math.isfinite(stats["final_loss"])
+    assert stats["precision"]["weights"] == "fp16" and not stats["precision"]["grad_scaler"]
+    assert {p.dtype for p in method.parameters()} == {torch.float16}
+    assert next(method.clip.parameters()).dtype == torch.float16
+    assert next(vit.model.parameters()).dtype == torch.float32
+    method.eval()
+    with torch.no_grad():
+        logits = method.logits(r["images"].half(), task.classes)
+    assert logits.dtype == torch.float16 and torch.isfinite(logits).all()
