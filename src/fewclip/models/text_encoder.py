@@ -9,7 +9,7 @@ depends only on the positions up to its EOT. Two consequences, both exact:
   [SOS, v₁ … v_M], CoCoOp's [SOS, v₁+h(f) … v_M+h(f)] per image), their hidden states are the same
   too. They are computed once (`prefix` [G, P, w]) and, per layer, their keys/values are
   broadcast to the prompts' own positions (`suffix`), which attend to [prefix; themselves] with a
-  lower-right causal mask.
+  lower-right causal mask (a small boolean [n, P + n]).
 
 Each block is open_clip's `ResidualAttentionBlock` computed from its own weights (ln_1 → in_proj →
 scaled_dot_product_attention → out_proj → ls_1 residual → ln_2 → mlp → ls_2 residual), with
@@ -113,13 +113,11 @@ def _attend(attn: nn.MultiheadAttention, h: torch.Tensor, past=None):
     q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).view(N, n, 3, H, w // H).permute(2, 0, 3, 1, 4)
     if past is None:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    else:
-        from torch.nn.attention.bias import causal_lower_right
-
-        kp, vp = past  # every prefix position is visible; the prompt's own positions causally
+    else:  # every prefix position is visible, the prompt's own positions causally (lower-right)
+        kp, vp = past
         P = kp.shape[2]
-        out = F.scaled_dot_product_attention(q, torch.cat([kp, k], 2), torch.cat([vp, v], 2),
-                                             attn_mask=causal_lower_right(n, P + n))
+        visible = torch.ones(n, P + n, dtype=torch.bool, device=h.device).tril(P)
+        out = F.scaled_dot_product_attention(q, torch.cat([kp, k], 2), torch.cat([vp, v], 2), attn_mask=visible)
     out = out.transpose(1, 2).reshape(N, n, w)
     return F.linear(out, attn.out_proj.weight, attn.out_proj.bias), (k, v)
 
