@@ -626,3 +626,27 @@ def test_pure_fp16_every_prompt_method_on_cpu(vit, name):
     with torch.no_grad():
         logits = method.logits(r["images"].half(), task.classes)
     assert logits.dtype == torch.float16 and torch.isfinite(logits).all()
+
+
+def test_half_method_is_evaluated_on_half_images(vit, monkeypatch):
+    """The image path's evaluation (ImageInputs.logits) feeds a pure-fp16 method half images, no autocast."""
+    from fewclip.data.datasets import Item
+    from fewclip.engine import images as images_mod
+    from fewclip.engine.images import ImageInputs, ImageSet
+    from fewclip.engine.train import make_half
+
+    r = ref("coop")
+    v = r["variants"]["rand16_end"]
+    method, classes = _prompt_method(vit, "coop", r["class_names"])
+    _load_official(method, v["params"])
+    make_half(method)
+    monkeypatch.setattr(images_mod._Images, "__getitem__", lambda self, i: (r["images"][i], 0))
+    test = ImageSet(None, [Item(f"p{i}", 0, "c") for i in range(len(r["images"]))], 64)
+    inputs = ImageInputs.__new__(ImageInputs)
+    inputs.device, inputs.hp = CPU, method.hp
+    logits = inputs.logits(method, test, classes)
+    assert logits.dtype == torch.float32  # returned as float, computed in half
+    with torch.no_grad():
+        want = method.logits(r["images"].half(), classes).float()
+    close(logits, want, 0.0)
+    close(logits, v["logits"], 0.01, relative_to_max=True)
