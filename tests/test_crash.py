@@ -108,3 +108,41 @@ def test_killed_grid_reruns_to_the_uninterrupted_result(tmp_path, fixture_root):
     assert got.keys() == expected.keys()
     for key in expected:
         assert got[key] == expected[key], key
+
+
+def test_two_writers_of_one_run_directory_cannot_both_succeed(tmp_path, fixture_root):
+    """Issue 17: a second `fewclip run` on an --out that another live process is writing is refused
+    (naming the holder's pid and host); once the holder is killed, its lock is stale and taken over."""
+    import platform
+
+    out = tmp_path / "run"
+
+    def args(epochs):
+        return [str(BIN / "fewclip"), "run", "--data-root", str(fixture_root), "--dataset", "dtd",
+                "--method", "clip_adapter", "--backbone", "fewclip-tiny-vit", "--pretrained", "none",
+                "--device", "cpu", "--features", str(tmp_path / "features"), "--shots", "1", "--seed", "1",
+                "--out", str(out), "--set", f"epochs={epochs}"]
+
+    first = subprocess.Popen(args(100000), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (out / "train_state.pt").exists():  # the first writer holds the lock and trains
+            assert first.poll() is None, "the first writer ended early"
+            assert time.time() < deadline, "the first writer never started training"
+            time.sleep(0.2)
+        second = subprocess.run(args(100000), capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert "Traceback" not in second.stderr
+        assert "being written by another fewclip process" in second.stderr
+        assert f"pid {first.pid} on host {platform.node()}" in second.stderr
+        assert first.poll() is None  # the holder is unharmed
+    finally:
+        first.kill()
+        first.wait()
+    assert not (out / "metrics.json").exists()
+    assert json.loads((out / ".fewclip-run.lock").read_text())["pid"] == first.pid  # left by the killed writer
+    (out / "train_state.pt").unlink()  # a shorter run is another run: start it from scratch
+    third = subprocess.run(args(2), capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert "stale lock" in third.stderr and str(first.pid) in third.stderr
+    assert (out / "metrics.json").is_file() and not (out / ".fewclip-run.lock").exists()

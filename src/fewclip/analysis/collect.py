@@ -34,8 +34,9 @@ def scan_metrics(runs: str | os.PathLike) -> tuple[list[Path], list[tuple[Path, 
     folders whose names do not follow the layout (`seed1_old`, `4shot.bak`) and the eval_*
     results of a cell that has no metrics.json of its own (an unfinished or failed cell)."""
     root = str(runs)
-    cells = glob.glob(os.path.join(glob.escape(root), CELL_GLOB, "metrics.json"))
-    evals = glob.glob(os.path.join(glob.escape(root), CELL_GLOB, "eval_*", "metrics.json"))
+    any_cell = os.path.join(*["*"] * 6)  # CELL_GLOB's depth, any names: strays are found to be named
+    cells = glob.glob(os.path.join(glob.escape(root), any_cell, "metrics.json"))
+    evals = glob.glob(os.path.join(glob.escape(root), any_cell, "eval_*", "metrics.json"))
     keep, skipped = [], []
     for p in sorted(Path(p) for p in cells + evals):
         cell = p.parent.parent if p.parent.name.startswith("eval_") else p.parent
