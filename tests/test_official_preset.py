@@ -478,8 +478,8 @@ def test_lpclip_c_search_accuracy_predictions(run):
 
 def test_linear_probe_clean_fits_normalised_features():
     cls = get_method("linear_probe")
-    assert resolve_hparams(cls, "dtd", 4, "clean")["features"] == "normalised"
-    assert resolve_hparams(cls, "dtd", 4, "official")["features"] == "raw"
+    assert resolve_hparams(cls, "dtd", 4, "clean")["fit_on"] == "normalised"
+    assert resolve_hparams(cls, "dtd", 4, "official")["fit_on"] == "raw"
     assert not cls(resolve_hparams(cls, "dtd", 4, "clean")).reads_raw
 
 

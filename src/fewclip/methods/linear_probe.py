@@ -11,7 +11,7 @@ The classifier of the last step's choice is the result. Under both presets the s
 same (lpclip has no test-set selection). metrics.json `hparams`: `C`, `val_acc`, the coarse
 grid's accuracies `c_grid_acc` and every bisection point `c_search`.
 
-Features (`features` hp, metrics.json `selected.fit_on`): `official` fits lpclip's input, the
+Features (`fit_on` hp, recorded in metrics.json `selected.fit_on`): `official` fits lpclip's input, the
 **raw, unnormalised** encoder output (the store's `Features.raw`, also at test time); `clean`
 fits the L2-normalised features ("normalised").
 
@@ -92,22 +92,22 @@ def torch_head(clf, n_classes: int, dim: int) -> tuple[torch.Tensor, torch.Tenso
 class LinearProbe(Method):
     name = "linear_probe"
     needs = "features"
-    hparams = {"search_steps": 8, "features": "normalised"}
-    presets = {"official": {"features": "raw"}}  # lpclip fits the raw encoder output
+    hparams = {"search_steps": 8, "fit_on": "normalised"}
+    presets = {"official": {"fit_on": "raw"}}  # lpclip fits the raw encoder output
 
     @property
     def reads_raw(self) -> bool:
         """Whether the engine must feed raw (unnormalised) features to `logits`."""
-        return self.hp.get("features", "normalised") == "raw"
+        return self.hp.get("fit_on", "normalised") == "raw"
 
     def _x(self, feats, split: str) -> torch.Tensor:
-        kind = self.hp.get("features", "normalised")
+        kind = self.hp.get("fit_on", "normalised")
         if kind not in ("raw", "normalised"):
-            raise ConfigError(f"linear_probe features must be 'raw' or 'normalised', got {kind!r}")
+            raise ConfigError(f"linear_probe fit_on must be 'raw' or 'normalised', got {kind!r}")
         if kind == "normalised":
             return feats.features
         if feats.raw is None:
-            raise ConfigError(f"linear_probe features=raw needs the raw {split} features, and the store gave none; "
+            raise ConfigError(f"linear_probe fit_on=raw needs the raw {split} features, and the store gave none; "
                               "re-encode the feature store (fewclip encode)")
         return feats.raw
 
@@ -122,7 +122,7 @@ class LinearProbe(Method):
         weight, bias = torch_head(found.pop("clf"), len(task.classes.names), tx.shape[1])
         self.register_buffer("weight", weight.to(task.device))
         self.register_buffer("bias", bias.to(task.device))
-        found["fit_on"] = self.hp.get("features", "normalised")
+        found["fit_on"] = self.hp.get("fit_on", "normalised")
         return found
 
     def logits(self, x, classes: ClassSet):
