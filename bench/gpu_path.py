@@ -8,6 +8,14 @@ Weights are random (`--pretrained none`): throughput and step time do not depend
 Prints a table and writes --json. Images are preprocessed once and cached as a pinned uint8
 tensor; a background thread copies the next batch while the GPU works (non_blocking), and the
 model runs channels-last under bf16 autocast.
+
+Issue 19: the CoOp and CoCoOp steps are timed with the text encoder as it runs now (each prompt
+only up to its EOT, the shared [SOS, context] prefix once per image, SDPA, recomputation only when
+the activations do not fit the free memory) and as before (every prompt padded, open_clip's
+transformer), and the grid is extrapolated from both. The one prepared call on a GPU machine:
+
+    python bench/gpu_path.py --json bench/results_gpu_path_gpu.json && \
+    python bench/text_encoder.py --device cuda --model ViT-B-16 --steps 5 --json bench/results_text_encoder_gpu.json
 """
 
 from __future__ import annotations
@@ -143,14 +151,18 @@ def encode_throughput(name, device, batch, n_images, dtype):
             "gflops_per_image": flops / 1e9, "gpu_util_pct": util.mean}
 
 
-def step_time(method_name, model_name, n_classes, batch, device, steps):
-    """Seconds per optimisation step of a prompt method (forward + backward + SGD) through the engine."""
+def step_time(method_name, model_name, n_classes, batch, device, steps, fast=True):
+    """Seconds per optimisation step of a prompt method (forward + backward + SGD) through the engine.
+    fast=False: the text encoder before issue 19 (every prompt padded, open_clip's transformer)."""
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
     from fewclip.engine.images import ImageTask
     from fewclip.engine.train import TrainConfig, train
     from fewclip.methods import ClassSet, get_method, resolve_hparams
+    from fewclip.models import prompts
     from fewclip.models.backbone import load_backbone
+
+    prompts.FAST_TEXT = fast
 
     bb = load_backbone(model_name, "none", device)
     names = list(IMAGENET_CLASSNAMES[:n_classes])
@@ -179,8 +191,10 @@ def step_time(method_name, model_name, n_classes, batch, device, steps):
         sync(device)
         seconds = (time.perf_counter() - t) / steps
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    prompts.FAST_TEXT = True
     return {"method": method_name, "model": model_name, "classes": n_classes, "batch": batch,
-            "seconds_per_step": seconds, "peak_gib": peak, "gpu_util_pct": util.mean}
+            "text_path": "shared prefix" if fast else "padded", "seconds_per_step": seconds, "peak_gib": peak,
+            "gpu_util_pct": util.mean}
 
 
 def extrapolate(enc: dict, steps: dict, cfg_path: Path) -> dict:
@@ -240,11 +254,17 @@ def main() -> int:
         e["fraction_of_matmul_peak"] = e["images_per_s"] * e["gflops_per_image"] * 1e9 / (peak * 1e12)
     coop_model = "RN50" if gpu else "fewclip-tiny-rn"
     cocoop_model = "ViT-B-16" if gpu else "fewclip-tiny-vit"
+    # issue 19: each prompt only up to its EOT and the shared prefix once ("after", what runs) against
+    # the padded text encoder before it ("before"); the grid is extrapolated from both
     steps = {"coop": step_time("coop", coop_model, n_classes, batch, device, 20 if gpu else 2),
              "cocoop": step_time("cocoop", cocoop_model, n_classes, batch, device, 10 if gpu else 2)}
-    grid = extrapolate(enc, steps, Path(__file__).resolve().parents[1] / "config" / "paper.yaml")
+    before = {"coop": step_time("coop", coop_model, n_classes, batch, device, 20 if gpu else 2, fast=False),
+              "cocoop": step_time("cocoop", cocoop_model, n_classes, batch, device, 10 if gpu else 2, fast=False)}
+    paper = Path(__file__).resolve().parents[1] / "config" / "paper.yaml"
+    grid = extrapolate(enc, steps, paper)
+    grid_before = extrapolate(enc, before, paper)
     result = {**info, "matmul_tflops": peak, "matmul_dtype": str(dtype), "encode": enc, "steps": steps,
-              "paper_grid": grid}
+              "steps_before": before, "paper_grid": grid, "paper_grid_before": grid_before}
 
     print(f"device: {info['device']}  torch {info['torch']}  open_clip {info['open_clip']}  {info['date']}")
     print(f"measured {str(dtype).split('.')[-1]} matmul rate: {peak:.3g} TFLOP/s")
@@ -253,14 +273,15 @@ def main() -> int:
         util = "n/a" if e["gpu_util_pct"] is None else f"{e['gpu_util_pct']:.0f}"
         print(f"{e['model']:18s} {e['images_per_s']:9.0f} {e['gflops_per_image']:10.2f} "
               f"{100 * e['fraction_of_matmul_peak']:11.1f}% {util:>11s}")
-    print(f"{'step':8s} {'model':18s} {'classes':>7s} {'batch':>5s} {'ms/step':>8s} {'peak GiB':>9s}")
-    for s in steps.values():
+    print(f"{'step':8s} {'model':18s} {'classes':>7s} {'batch':>5s} {'text path':>14s} {'ms/step':>8s} {'peak GiB':>9s}")
+    for s in [*before.values(), *steps.values()]:
         pk = "n/a" if s["peak_gib"] is None else f"{s['peak_gib']:.1f}"
-        print(f"{s['method']:8s} {s['model']:18s} {s['classes']:7d} {s['batch']:5d} "
+        print(f"{s['method']:8s} {s['model']:18s} {s['classes']:7d} {s['batch']:5d} {s['text_path']:>14s} "
               f"{1000 * s['seconds_per_step']:8.1f} {pk:>9s}")
-    print(f"paper grid on one such device (extrapolated): train {grid['train_hours']:.1f} h + "
-          f"encode {grid['encode_hours']:.2f} h = {grid['total_hours']:.1f} h")
-    print("  by method (h): " + ", ".join(f"{m} {h:.1f}" for m, h in sorted(grid["train_hours_by_method"].items())))
+    for label, g in (("before issue 19 (padded text encoder)", grid_before), ("now (shared prefix)", grid)):
+        print(f"paper grid on one such device, {label} (extrapolated): train {g['train_hours']:.1f} h + "
+              f"encode {g['encode_hours']:.2f} h = {g['total_hours']:.1f} h")
+        print("  by method (h): " + ", ".join(f"{m} {h:.1f}" for m, h in sorted(g["train_hours_by_method"].items())))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
