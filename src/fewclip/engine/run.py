@@ -9,6 +9,7 @@ evaluations of the same fitted model (DG targets, base-to-new's new classes) go 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -639,9 +640,14 @@ class RunLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except OSError as err:
                 os.close(fd)
                 holder = self._holder()
+                if err.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES) and not _alive(holder):
+                    # a file system without flock (ENOLCK): fall back on the recorded pid and host
+                    self.fd = None
+                    self.path.write_text(json.dumps(_lock_record()))
+                    return self
                 who = (f"pid {holder.get('pid')} on host {holder.get('host')}, since {holder.get('started')}"
                        if holder else "a process that is just starting")
                 raise RunDirError(
@@ -659,8 +665,7 @@ class RunLock:
             if stale and (stale.get("pid"), stale.get("host")) != (os.getpid(), platform.node()):
                 print(f"fewclip: taking over the stale lock {self.path} of pid {stale.get('pid')} on host "
                       f"{stale.get('host')} (that process is gone)", file=sys.stderr)
-            me = json.dumps({"pid": os.getpid(), "host": platform.node(),
-                             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode()
+            me = json.dumps(_lock_record()).encode()
             os.ftruncate(fd, 0)
             os.pwrite(fd, me, 0)
             self.fd = fd
@@ -678,9 +683,29 @@ class RunLock:
         try:
             self.path.unlink(missing_ok=True)
         finally:
-            os.close(self.fd)
+            if self.fd is not None:
+                os.close(self.fd)
             self.fd = None
         return False
+
+
+def _lock_record() -> dict:
+    return {"pid": os.getpid(), "host": platform.node(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _alive(holder: dict | None) -> bool:
+    """Whether a lock's recorded holder may still run: unknown hosts count as alive."""
+    if not holder:
+        return False
+    if holder.get("host") != platform.node():
+        return True
+    try:
+        os.kill(int(holder.get("pid")), 0)
+    except (ProcessLookupError, TypeError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def machine_fingerprint() -> dict:
