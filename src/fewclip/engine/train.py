@@ -145,16 +145,22 @@ def _half_batch(batch):
 
 def _finite(tensors) -> bool:
     """True when every floating-point tensor in `tensors` (a state dict, or an iterable of
-    tensors or of lists of tensors) is finite."""
-    if isinstance(tensors, dict):
-        tensors = tensors.values()
-    for t in tensors:
-        if isinstance(t, (list, tuple)) or (not isinstance(t, torch.Tensor) and hasattr(t, "__iter__")):
-            if not _finite(t):
-                return False
-        elif isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
-            return False
-    return True
+    tensors or of lists of tensors) is finite. One host sync per device, not one per tensor."""
+    flags: dict = {}
+
+    def walk(x):
+        if isinstance(x, torch.Tensor):
+            if x.is_floating_point() and x.numel():
+                flags.setdefault(x.device, []).append(torch.isfinite(x).all())
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, (list, tuple)) or (hasattr(x, "__iter__") and not isinstance(x, (str, bytes))):
+            for v in x:
+                walk(v)
+
+    walk(tensors)
+    return all(bool(torch.stack(f).all()) for f in flags.values())
 
 
 def _poisoned(what: str, epoch: int, it: int, checkpoint: Path | None, good_epoch: int | None) -> FewclipError:
