@@ -15,6 +15,7 @@ import importlib
 import os
 import sys
 import traceback
+import warnings
 
 from .errors import explain
 
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("FEWCLIP_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
+    # torch's note on a foreign pickle protocol precedes our own message about that file
+    warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

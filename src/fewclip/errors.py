@@ -85,8 +85,8 @@ def explain(err: BaseException) -> tuple[str, int] | None:
     if isinstance(err, (pickle.UnpicklingError, EOFError)) or (isinstance(err, RuntimeError) and _is_load_error(err)):
         from .io import describe_load_error
 
-        return (f"cannot read{at or ' a saved file'}: {describe_load_error(err)}; delete it and rerun the step "
-                "that writes it (`fewclip encode`, `fewclip run`)"), 2
+        return (f"cannot read{at or ' a saved file'}: {describe_load_error(err)}; replace it with a correct copy, "
+                "or delete it and rerun the step that writes it (`fewclip encode`, `fewclip run`)"), 2
     if _is_arrow_error(err):
         return (f"cannot read{at or ' a parquet file'}: it is not a valid parquet file (truncated or corrupt: "
                 f"{_first_line(err)}); delete it and rerun the step that writes it"), 2

@@ -107,8 +107,10 @@ def describe_load_error(err: BaseException) -> str:
     text = str(err)
     if isinstance(err, EOFError) or "central directory" in text or "PytorchStreamReader" in text:
         return "the file is empty or truncated"
+    if "Unsupported global" in text or "GLOBAL" in text:
+        return "the file holds objects other than tensors, lists and dicts (refused: fewclip loads only tensors)"
     if "weights_only" in text or "Weights only" in text:
-        return "the file holds objects other than tensors, lists and dicts (refused: it is not loaded)"
+        return "the file is not a torch tensor file, or it is corrupt (refused: fewclip loads only tensors)"
     return "the file is not a torch tensor file, or it is corrupt"
 
 
