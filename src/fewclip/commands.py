@@ -219,12 +219,6 @@ def cmd_encode(args) -> int:
     return 0
 
 
-def as_number(value):
-    from .methods import as_number as number
-
-    return number(value)
-
-
 def parse_overrides(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs:
@@ -234,7 +228,7 @@ def parse_overrides(pairs: list[str]) -> dict:
         if not key.strip():
             raise ConfigError(f"--set expects KEY=VALUE, got '{pair}' (no key)")
         try:
-            out[key.strip()] = as_number(yaml.safe_load(value))
+            out[key.strip()] = yaml.safe_load(value)  # `1e-3` (a string to YAML 1.1): see resolve_hparams
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {pair}: value is not valid YAML ({err})") from err
     return out
