@@ -188,6 +188,19 @@ def test_dpt_state_holds_the_official_tensors(env):
     assert {id(p) for p in groups[1]["params"]} == {id(method.prompt.ctx)}
 
 
+def test_dpt_cavpt_in_every_layer(env):
+    """cavpt_layers = all layers (official BOTTOMLIMIT 1): no VPT-deep tokens, one generator per
+    layer, each reading that layer's input; the aux loss reaches every generator's head."""
+    method, _, classes = build(env, "dpt", cavpt_layers=5)  # more than the tiny ViT's 2 layers: all of them
+    assert method.cavpt_at == [0, 1] and len(method.cavpt) == 2 and method.vpt.tokens.shape == (0, 10, 64)
+    x = sample_images(env, 8)
+    with torch.no_grad():
+        zs = method.image_features(x)
+        labels = (zs @ classes.text_features.t()).argmax(1)  # inside every image's top-K
+    method.loss((x, labels), 0).backward()
+    for m in method.cavpt:
+        assert m.head.weight.grad.abs().sum() > 0 and m.kv.grad.abs().sum() > 0
+
 def test_hyper_parameters_follow_spec():
     coop = get_method("coop")
     assert [resolve_hparams(coop, "dtd", k, "clean")["epochs"] for k in (1, 2, 4, 8, 16)] == [50, 100, 100, 200, 200]
