@@ -255,7 +255,7 @@ def _run_cell(spec: RunSpec, stage: Path) -> dict:
     if not Path(spec.data_root).is_dir():
         raise DataError(f"data root {spec.data_root} does not exist; pass the folder that holds the datasets "
                         "(CoOp layout) to --data-root, or prepare it with `fewclip download`")
-    full = load_dataset(spec.dataset, spec.data_root)
+    full = _dataset(spec.dataset, spec.data_root)
     manifest = read_manifest(spec.manifest) if spec.manifest else make_manifest(full, spec.shots, spec.seed, spec.preset)
     if (manifest["dataset"], manifest["shots"], manifest["seed"]) != (spec.dataset, spec.shots, spec.seed):
         raise ConfigError(f"manifest {spec.manifest} is for {manifest['dataset']} {manifest['shots']}-shot seed "
@@ -335,7 +335,7 @@ def _run_cell(spec: RunSpec, stage: Path) -> dict:
             tcls.train_index = None
             tds, tfeats = full, inputs.test(full, new_labels)
         else:
-            tds = load_dataset(target, spec.data_root)
+            tds = _dataset(target, spec.data_root)
             tcls, tfeats = _dg_classes(inputs, tds, full, template_set), inputs.test(tds)
         try:
             tlogits = inputs.logits(method, tfeats, tcls)
@@ -441,6 +441,13 @@ MAX_SEED = 2**32 - 1
 DEVICE_NAMES = ("auto", "cpu", "cuda")
 
 
+@functools.lru_cache(maxsize=8)
+def _dataset(name: str, data_root: str) -> Dataset:
+    """A dataset's lists, read once per process: validation and the run (and the cells of one
+    `fewclip run` batch) share them, so an ImageNet listing is not walked several times."""
+    return load_dataset(name, data_root)
+
+
 def validate_spec(spec: RunSpec) -> None:
     """Refuse a cell that cannot run: bad seed/shots/device, unknown names, bad hyper-parameter
     values, --eval without DG, missing or empty data (the source and every DG target), a
@@ -466,7 +473,7 @@ def validate_spec(spec: RunSpec) -> None:
     if not Path(spec.data_root).is_dir():
         raise DataError(f"data root {spec.data_root} does not exist; pass the folder that holds the datasets "
                         "(CoOp layout) to --data-root, or prepare it with `fewclip download`")
-    full = load_dataset(spec.dataset, spec.data_root)
+    full = _dataset(spec.dataset, spec.data_root)
     _check_not_empty(full.name, full.test, "test")
     if spec.protocol == "base2new":
         n_base = len(base_new_split(full, "base").classnames)
@@ -475,7 +482,7 @@ def validate_spec(spec: RunSpec) -> None:
     if spec.manifest:
         _check_manifest_fits(read_manifest(spec.manifest), spec, full)
     for t in spec.evals:
-        target = load_dataset(t, spec.data_root)
+        target = _dataset(t, spec.data_root)
         _check_not_empty(target.name, target.test, f"test (DG target of {spec.dataset})")
         if target.imagenet_index is None and len(target.classnames) != len(full.classnames):
             raise ConfigError(f"DG target {target.name} has {len(target.classnames)} classes, the source "
