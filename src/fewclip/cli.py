@@ -45,12 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("FEWCLIP_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
-    # torch's note on a foreign pickle protocol precedes our own message about that file
-    warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        result = args.func(args)
+        with warnings.catch_warnings():
+            # torch's note on a foreign pickle protocol would precede our own message about that file
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            result = args.func(args)
     except KeyboardInterrupt:
         print(f"fewclip {args.verb}: interrupted", file=sys.stderr)
         return 130
