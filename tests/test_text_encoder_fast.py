@@ -115,9 +115,9 @@ def test_blocks_with_sdpa_equal_open_clip(bb):
 
 
 @pytest.mark.parametrize("overrides", [
-    {}, {"ctx_init": "a photo of a"}, {"n_ctx": 4, "csc": True},
+    {}, {"ctx_init": "a photo of a"}, {"ctx_init": "a lowpoly photo of a"}, {"n_ctx": 4, "csc": True},
     {"n_ctx": 6, "class_token_position": "middle"}, {"n_ctx": 6, "class_token_position": "front"},
-], ids=["rand16_end", "init_end", "csc_end", "middle", "front"])
+], ids=["rand16_end", "init_end", "init_multi_bpe_word_end", "csc_end", "middle", "front"])
 def test_coop_fast_equals_padded(bb, overrides):
     method, classes = build(bb, "coop", **overrides)
     assert len(length_groups(eot_index(bb.model, method.prompt.bank(NAMES).tokens))) >= 4
