@@ -541,3 +541,19 @@ def test_files_are_written_with_the_users_umask(tmp_path, fixture_root, umask, m
 def test_a_run_directory_is_readable_by_the_group(finished):
     for p in finished[1].iterdir():
         assert p.stat().st_mode & 0o044, p  # not mkstemp's 0600
+
+
+def test_an_unwritable_out_is_refused_before_any_work(tmp_path, fixture_root, cli):
+    """As root, permissions do not stop a write; a read-only mount (/sys in a container) does."""
+    target = Path("/sys/fewclip-hardening-test")
+    try:
+        target.mkdir()
+    except OSError:
+        pass
+    else:
+        target.rmdir()
+        pytest.skip("/sys is writable here")
+    proc = cli("run", *common(tmp_path, fixture_root), "--dataset", "dtd", "--method", "zeroshot", "--shots", 1,
+               "--seed", 1, "--out", target / "run")
+    refused(proc, "not writable", str(target / "run"), "choose another --out")
+    assert not (tmp_path / "features").exists()
