@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.backbone import LOGIT_SCALE
-from ..models.prompts import encode_text_embeddings, require_vit, vit_dims
+from ..models.prompts import encode_prompts, require_vit, vit_dims
 from . import ClassSet
 from .coop import SGD_DEFAULTS, CoOp, PromptMethod
 from .vpt import VisualPromptMixin, dpt_epochs, visual_warmup
@@ -109,9 +109,8 @@ class VisionLanguagePrompts(VisualPromptMixin, PromptMethod):
         key = ("raw text", tuple(classes.names), self.prompt.ctx._version)
         if cacheable and key in self._cache:
             return self._cache[key]
-        bank = self.prompt.bank(classes.names)
-        emb = self.prompt.embeddings(bank, class_index=self._class_index(classes))
-        feats = encode_text_embeddings(self.prompt.model, emb, bank.tokens)
+        feats = encode_prompts(self.prompt, self.prompt.bank(classes.names), class_index=self._class_index(classes),
+                               normalize=False)
         if cacheable:
             self._cache = {key: feats}
         return feats

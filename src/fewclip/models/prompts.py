@@ -181,8 +181,9 @@ def encode_text_embeddings(model, x: torch.Tensor, tokens: torch.Tensor) -> torc
 
 
 def encode_prompts(learner: TextPrompts, bank: PromptBank, ctx=None, class_index=None,
-                   per_image: bool = False) -> torch.Tensor:
-    """L2-normalised text features: [C, d], or [B, C, d] for per-image contexts [B, M, w].
+                   per_image: bool = False, normalize: bool = True) -> torch.Tensor:
+    """L2-normalised text features: [C, d], or [B, C, d] for per-image contexts [B, M, w]
+    (`normalize=False`: the text encoder's raw output, as DPT's CAVPT queries read it).
 
     With the class token at the end, the prompt is [SOS, ctx, name. EOT]: [SOS, ctx] is shared by
     every class (CoOp: once; CoCoOp: once per image; CSC: only SOS) and is computed once
@@ -222,7 +223,7 @@ def encode_prompts(learner: TextPrompts, bank: PromptBank, ctx=None, class_index
         feats = encode_causal(model, suffix, ends, prefix)
         if not per_image:
             feats = feats[0]
-    return feats / feats.norm(dim=-1, keepdim=True)
+    return feats / feats.norm(dim=-1, keepdim=True) if normalize else feats
 
 
 # ----------------------------------------------------------------------------- visual prompts
