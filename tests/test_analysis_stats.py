@@ -73,3 +73,51 @@ def test_friedman_and_cd():
     assert stats.critical_difference(3, 10) == pytest.approx(2.343 * np.sqrt(3 * 4 / 60), rel=1e-3)
     assert np.isnan(stats.friedman_test(wide[["a", "b"]]).pvalue)
     assert stats.harmonic_mean(80.0, 60.0) == pytest.approx(2 * 80 * 60 / 140)
+
+
+def test_wilcoxon_vectorised_permutation_equals_scipy():
+    # Ties or zeros with n ≤ 13: scipy runs a permutation test one sign flip at a time; ours is
+    # the same test with a vectorised statistic and must give the same statistic and p.
+    rng = np.random.default_rng(3)
+    checked = 0
+    for _ in range(150):
+        n = int(rng.integers(6, 14))
+        d = rng.integers(-3, 4, n).astype(float)  # small integers: ties and zeros on most draws
+        ours = stats.wilcoxon_test(d, np.zeros(n))
+        if np.isnan(ours.pvalue):
+            continue
+        ref = sps.wilcoxon(d)
+        assert ours.pvalue == float(ref.pvalue) and ours.statistic == float(ref.statistic), d
+        checked += 1
+    assert checked > 100
+
+
+def test_mcnemar_vectorised_equals_statsmodels_per_table():
+    rng = np.random.default_rng(4)
+    a_only, b_only = rng.integers(0, 40, 300), rng.integers(0, 40, 300)
+    a_only[:5] = 0
+    b_only[:3] = 0  # includes the 0/0 table (p = 1)
+    got = stats.mcnemar_exact_pvalues(a_only, b_only)
+    for i in range(len(got)):
+        a = np.array([True] * 7 + [True] * a_only[i] + [False] * b_only[i] + [False] * 2)
+        b = np.array([True] * 7 + [False] * a_only[i] + [True] * b_only[i] + [False] * 2)
+        assert got[i] == stats.mcnemar_test(a, b).pvalue
+
+
+def test_bootstrap_vectorised_equals_per_cell():
+    # Same numbers as one scipy.stats.bootstrap call per cell: several size groups, unequal seeds,
+    # an empty seed, a degenerate (all-correct) cell, and a batch smaller than n_resamples.
+    rng = np.random.default_rng(5)
+    cells = [[rng.random(100) < p for _ in range(3)] for p in rng.uniform(0.2, 0.9, 12)]
+    cells += [[rng.random(40) < 0.5, rng.random(70) < 0.8] for _ in range(4)]
+    cells += [[np.ones(30, bool), np.ones(30, bool)], [np.array([], bool)], [rng.random(25) < 0.5, np.array([], bool)]]
+    got = stats.bootstrap_accuracy_cis(cells, n_resamples=300, seed=2)
+    for cell, (low, high) in zip(cells, got):
+        ref = stats.bootstrap_accuracy_ci(cell, n_resamples=300, seed=2)
+        if np.isnan(ref[0]):
+            assert np.isnan(low) and np.isnan(high)
+        else:
+            assert (low, high) == ref
+    big = [[rng.random(12000) < 0.6, rng.random(12000) < 0.7] for _ in range(2)]  # batch = 833 < 1000 resamples
+    got = stats.bootstrap_accuracy_cis(big, n_resamples=1000)
+    assert [tuple(g) for g in got] == [stats.bootstrap_accuracy_ci(c, n_resamples=1000) for c in big]

@@ -1,4 +1,5 @@
-"""Figures (seaborn/matplotlib, PNG + PDF). Every function returns the written paths."""
+"""Figures (seaborn/matplotlib, PNG + PDF). Every function takes the output stem first and returns the written paths
+(module-level functions of picklable arguments: `results.Figures` may run them in a worker process)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def _pyplot():
     return plt
 
 
-def shot_curves(data: pd.DataFrame, stem: Path, title: str, methods: list[str], panels: list[str]) -> list[Path]:
+def shot_curves(stem: Path, data: pd.DataFrame, title: str, methods: list[str], panels: list[str]) -> list[Path]:
     """One panel per dataset (+ Average), log2 shots, one line per method, ±1 std band over seeds.
 
     `data` columns: panel, method, shots, seed, top1.
@@ -56,7 +57,7 @@ def shot_curves(data: pd.DataFrame, stem: Path, title: str, methods: list[str], 
     return paths
 
 
-def dg_bars(data: pd.DataFrame, stem: Path, title: str, methods: list[str], order: list[str]) -> list[Path]:
+def dg_bars(stem: Path, data: pd.DataFrame, title: str, methods: list[str], order: list[str]) -> list[Path]:
     """Grouped bars: source and target datasets on x, one bar per method, error bar = std over seeds."""
     plt = _pyplot()
     import seaborn as sns
@@ -72,7 +73,7 @@ def dg_bars(data: pd.DataFrame, stem: Path, title: str, methods: list[str], orde
     return paths
 
 
-def cd_diagram(ranks: pd.Series, pvalues: pd.DataFrame, stem: Path, title: str) -> list[Path]:
+def cd_diagram(stem: Path, ranks: pd.Series, pvalues: pd.DataFrame, title: str) -> list[Path]:
     """Critical-difference diagram (scikit-posthocs) from average ranks and Nemenyi p-values."""
     plt = _pyplot()
     import scikit_posthocs as sp

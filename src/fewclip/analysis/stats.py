@@ -6,6 +6,7 @@ instead of a misleading number (e.g. an exact Wilcoxon with n ≤ 5 pairs cannot
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +66,14 @@ def mcnemar_test(a_correct, b_correct) -> TestResult:
     return TestResult(float(res.statistic), float(res.pvalue), int(table.sum()))
 
 
+def mcnemar_exact_pvalues(a_only, b_only) -> np.ndarray:
+    """Exact McNemar p-values of many 2×2 tables at once from their discordant counts: what
+    statsmodels' `mcnemar(table, exact=True)` computes per table, min(1, 2·Binom(n, ½).cdf(min(b, c)))."""
+    b = np.asarray(a_only, dtype=float)
+    c = np.asarray(b_only, dtype=float)
+    return np.minimum(stats.binom.cdf(np.minimum(b, c), b + c, 0.5) * 2, 1)
+
+
 def min_exact_wilcoxon_p(n: int) -> float:
     """The smallest two-sided p an exact Wilcoxon signed-rank test can give with n non-zero pairs."""
     return min(1.0, 2.0 / 2**n)
@@ -77,8 +86,29 @@ def wilcoxon_test(a, b, alpha: float = ALPHA) -> TestResult:
     n = int(np.count_nonzero(d))
     if n == 0 or min_exact_wilcoxon_p(n) >= alpha:
         return TestResult(np.nan, np.nan, n, f"n/a (n={n} too small: exact p ≥ {min_exact_wilcoxon_p(max(n, 1)):.3g})")
+    nonzero = np.abs(d[d != 0])
+    if (len(nonzero) < len(d) or len(np.unique(nonzero)) < len(nonzero)) and len(d) <= PERMUTATION_MAX_N:
+        # Ties or zeros: scipy's method="auto" runs an exact permutation test over all 2ⁿ sign
+        # flips, one Python call per flip. The same test with a vectorised statistic (same p).
+        res = stats.permutation_test((d,), _signed_rank_sum, permutation_type="samples", vectorized=True,
+                                     alternative="two-sided", axis=-1)
+        r_plus = _signed_rank_sum(d)
+        return TestResult(float(min(r_plus, _signed_rank_sum(-d))), float(res.pvalue), n)
     res = stats.wilcoxon(d)
     return TestResult(float(res.statistic), float(res.pvalue), n)
+
+
+# scipy.stats.wilcoxon(method="auto") with ties or zeros: a permutation test when 2ⁿ is below
+# its default n_resamples (9999), i.e. n ≤ 13; the normal approximation above.
+PERMUTATION_MAX_N = 13
+
+
+def _signed_rank_sum(d, axis=-1):
+    """Wilcoxon's R+ (zeros dropped, ties get average ranks), vectorised along `axis`."""
+    d = np.moveaxis(np.asarray(d, dtype=float), axis, -1)
+    d = np.where(d == 0, np.nan, d)
+    ranks = stats.rankdata(np.abs(d), axis=-1, nan_policy="omit")
+    return np.sum(np.where(d > 0, ranks, 0.0), axis=-1)
 
 
 def holm(pvalues) -> np.ndarray:
@@ -89,7 +119,13 @@ def holm(pvalues) -> np.ndarray:
     out = np.full_like(p, np.nan)
     ok = ~np.isnan(p)
     if ok.any():
-        out[ok] = multipletests(p[ok], alpha=ALPHA, method="holm")[1]
+        # multipletests(method="holm") calls gc.collect(), which walks every live object (the
+        # report holds ~10⁶): frozen objects are skipped, so the collection costs nothing here.
+        gc.freeze()
+        try:
+            out[ok] = multipletests(p[ok], alpha=ALPHA, method="holm")[1]
+        finally:
+            gc.unfreeze()
     return out
 
 
@@ -120,6 +156,46 @@ def bootstrap_accuracy_ci(correct_per_seed, confidence: float = 0.95, n_resample
         rng=np.random.default_rng(seed),
     )
     return (float(res.confidence_interval.low), float(res.confidence_interval.high))
+
+
+def bootstrap_accuracy_cis(cells, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """`bootstrap_accuracy_ci` for many cells at once: an array [n_cells, 2] of (low, high), the same numbers.
+
+    `bootstrap_accuracy_ci` calls scipy.stats.bootstrap with a fresh `default_rng(seed)`, so every
+    cell whose seeds hold the same numbers of images draws the same resampling indices. Here they
+    are drawn once per such group, in scipy's order (per batch, per sample: `integers(0, n, (batch, n))`),
+    and each resample's accuracy is a count-weighted sum (one matrix product for all cells of the
+    group) instead of gathering n_resamples × n values per cell. Sums of 0/1 values are exact, so the
+    bootstrap distribution, and scipy.stats.quantile on it, equal scipy's; tests/test_analysis_stats.py
+    checks this against the per-cell function.
+    """
+    out = np.full((len(cells), 2), np.nan)
+    groups: dict[tuple[int, ...], list[tuple[int, list[np.ndarray]]]] = {}
+    for i, cell in enumerate(cells):
+        samples = [np.asarray(c, dtype=float) for c in cell if len(c)]
+        if not samples:
+            continue
+        if all(np.all(s == s[0]) for s in samples) and len({s[0] for s in samples}) == 1:
+            out[i] = 100.0 * samples[0][0]
+            continue
+        groups.setdefault(tuple(len(s) for s in samples), []).append((i, samples))
+    alpha = np.asarray((1 - confidence) / 2, dtype=float)
+    interval = np.stack((alpha, 1 - alpha), axis=-1)
+    for sizes, members in groups.items():
+        batch = max(1, int(2e7 // max(sum(sizes), 1)))  # bootstrap_accuracy_ci's batch: the same draws
+        rng = np.random.default_rng(seed)
+        values = [np.stack([samples[j] for _, samples in members]) for j in range(len(sizes))]  # [cells, n_j]
+        means: list[list[np.ndarray]] = [[] for _ in sizes]
+        for k in range(0, n_resamples, batch):
+            b = min(batch, n_resamples - k)
+            for j, n in enumerate(sizes):
+                draw = rng.integers(0, n, (b, n))
+                counts = np.bincount((draw + n * np.arange(b)[:, None]).ravel(), minlength=b * n).reshape(b, n)
+                means[j].append((values[j] @ counts.T.astype(float)) / n)  # [cells, b]
+        theta = 100.0 * np.mean([np.concatenate(m, axis=-1) for m in means], axis=0)
+        ci = stats.quantile(theta, interval, axis=-1)
+        out[[i for i, _ in members]] = ci
+    return out
 
 
 def friedman_test(wide: pd.DataFrame) -> TestResult:
