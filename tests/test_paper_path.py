@@ -209,6 +209,9 @@ def test_user_config_gets_no_demo_data_generation(tmp_path, fixture_root):
     ({"coop": {"epoch": 3}}, "no hyper-parameter 'epoch'"),
     ({"coop": {"epochs": "ten"}}, "must be int"),
     ({"koop": {"epochs": 3}}, "method_params.koop"),
+    ({"coop": {"lr": -0.1}}, "lr=-0.1"),
+    ({"coop": {"csc": True, "ctx_init": "a photo of a"}}, "csc=true with ctx_init"),
+    ({"linear_probe": {"fit_on": "l2"}}, "fit_on='l2'"),  # a method outside the grid is checked too
 ])
 def test_method_params_are_checked_before_any_job(tmp_path, fixture_root, params, key):
     import yaml

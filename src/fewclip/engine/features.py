@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from ..errors import FewclipError
-from ..io import atomic_path, sha256_file
+from ..io import atomic_path, sha256_file, torch_load
 
 VIEW_SEED = 0
 STORE_FORMAT = 2  # 1: normalised features without a source; 2: raw features + source
@@ -82,10 +82,10 @@ def save(path: Path, obj: dict) -> None:
 def load(path: Path) -> dict:
     if not Path(path).is_file():
         raise FewclipError(f"feature file missing: {path}; run `fewclip encode` (or the workflow's encode rule) first")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: say which and how to fix
-        raise FewclipError(f"cannot read feature file {path} ({err}); delete it and re-encode") from err
+    obj = torch_load(path, "feature file", "delete it and re-encode (fewclip encode, or the workflow's encode rule)")
+    if not isinstance(obj, dict) or "features" not in obj and "templates" not in obj:
+        raise FewclipError(f"{path} is not a fewclip feature file; delete it and re-encode")
+    return obj
 
 
 def load_features(path: Path) -> Features:

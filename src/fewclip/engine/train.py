@@ -33,6 +33,7 @@ import torch
 
 from ..errors import ConfigError, FewclipError
 from ..io import atomic_path, torch_load
+from ..methods import PRECISIONS  # the one list, shared with hyper-parameter validation
 
 
 @dataclass
@@ -51,7 +52,6 @@ class TrainConfig:
     cpu_half: bool = False  # run a requested pure fp16 on the CPU too (tests of its mechanics)
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "amp", "fp16")
 
 
 def dassl_drop_last(n: int, batch_size: int) -> bool:

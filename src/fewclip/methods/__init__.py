@@ -175,19 +175,24 @@ NON_NEGATIVE_FLOATS = ("warmup_lr", "weight_decay", "guidance_weight", "init_std
 UNIT_FLOATS = {"momentum": (0.0, 1.0), "ratio": (0.0, 1.0), "crop_scale_min": (0.0, 1.0)}
 
 
-def _choices() -> dict[str, tuple[str, ...]]:
-    from ..engine import train
-    from ..models.templates import TEMPLATE_SETS
+# The precisions the engine trains in (fewclip.engine.train reads them from here: nothing imports
+# upward): "auto" = bf16/fp16 autocast over fp32 weights on a GPU, fp32 on a CPU; "amp" = fp16
+# autocast + GradScaler; "fp16" = the official code's pure half training.
+PRECISIONS = ("auto", "fp32", "bf16", "amp", "fp16")
 
-    precisions = getattr(train, "PRECISIONS", ("auto", "fp32", "bf16", "amp", "fp16"))
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    from ..models.templates import TEMPLATE_SETS
 
     return {
         "optimizer": ("sgd", "adamw"),
         "schedule": ("cosine_epoch", "cosine_iter", "constant"),
         "templates": tuple(TEMPLATE_SETS),
-        "precision": tuple(precisions),
+        "precision": PRECISIONS,
         "class_token_position": ("end", "middle", "front"),
         "search_split": ("fewshot_val", "full_val", "test"),
+        "fit_on": ("raw", "normalised"),
+        "side": ("visual", "text", "both"),
     }
 
 
@@ -227,6 +232,9 @@ def validate_hparams(cls: type[Method], hp: dict[str, Any]) -> None:
         value = hp.get(key)
         if isinstance(value, str) and value not in valid:
             problems.append(f"{key}={value!r} (valid: {', '.join(valid)})")
+    if hp.get("csc") and (hp.get("ctx_init") or "").strip():
+        problems.append("csc=true with ctx_init (the official code ignores class-specific contexts when the "
+                        "context is initialised from words: set ctx_init='' for CSC, or csc=false)")
     if problems:
         raise ConfigError(f"method {cls.name}: bad hyper-parameter value{'s' if len(problems) > 1 else ''}: "
                           + "; ".join(problems) + ". Fix them in --set or the config's method_params")
