@@ -44,5 +44,10 @@ rule all:
     res = run("--report", "report.html")
     assert res.returncode == 0, res.stderr[-3000:]
     html = (tmp_path / "report.html").read_text()
+    # issue 18.1: no reStructuredText/docutils message reaches the reader or the terminal
+    for noise in ("System Message", "Duplicate explicit target", "WARNING/2", "ERROR/3"):
+        assert noise not in html, noise
+        assert noise not in res.stderr + res.stdout, noise
+    assert "Significance tests" in html
     for name in ("fewshot_curves_rn50.png", "dg_vitb16_16shot.png", "cd_fewshot_rn50_4shot.png", "fewshot_rn50_4shot.csv"):
         assert name in html, name

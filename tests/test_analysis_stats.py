@@ -80,8 +80,8 @@ def test_wilcoxon_vectorised_permutation_equals_scipy():
     # the same test with a vectorised statistic and must give the same statistic and p.
     rng = np.random.default_rng(3)
     checked = 0
-    for _ in range(150):
-        n = int(rng.integers(6, 14))
+    for _ in range(40):
+        n = int(rng.integers(6, 12))
         d = rng.integers(-3, 4, n).astype(float)  # small integers: ties and zeros on most draws
         ours = stats.wilcoxon_test(d, np.zeros(n))
         if np.isnan(ours.pvalue):
@@ -89,7 +89,7 @@ def test_wilcoxon_vectorised_permutation_equals_scipy():
         ref = sps.wilcoxon(d)
         assert ours.pvalue == float(ref.pvalue) and ours.statistic == float(ref.statistic), d
         checked += 1
-    assert checked > 100
+    assert checked > 25
 
 
 def test_mcnemar_vectorised_equals_statsmodels_per_table():

@@ -52,6 +52,7 @@ def write(res: Results, marks: Marks) -> None:
         res.write(display, f"tables/base2new_{bk}", index=False,
                   caption=f"Base-to-new generalization, {backbone} (H = harmonic mean; n/a: method cannot score unseen classes)",
                   legend=legend(res.baselines))
+        res.show("base2new", backbone, table=f"tables/base2new_{bk}")
         per = table[table["dataset"] != "Average"]
         for split, col in [("base", "base_mean"), ("new", "new_mean")]:
             means = per.pivot_table(index="dataset", columns="method", values=col)

@@ -39,3 +39,5 @@ def write(res: Results, marks: Marks) -> None:
                   caption=f"Domain generalization: trained on {', '.join(source)} ({k} shots), {backbone}")
         rows = res.where(res.scored, protocol="dg", backbone_key=bk, shots=k)
         res.figure(plots.dg_bars, res.out / "figures" / f"dg_{bk}_{k}shot", rows, f"DG, {backbone}, {k} shots", methods, order)
+        res.show("dg", f"{backbone}, trained on {', '.join(source)} ({k} shots)", table=f"tables/dg_{bk}_{k}shot",
+                 figure=f"figures/dg_{bk}_{k}shot")

@@ -46,6 +46,7 @@ def write(res: Results, marks: Marks) -> None:
         display = display.fillna("—")
         stem = f"tables/fewshot_{bk}_{k}shot"
         res.write(display, stem, caption=f"Few-shot top-1 accuracy (%), {backbone}, {k} shots", legend=legend(res.baselines))
+        res.show(f"fewshot:{bk}", f"{backbone}, {k} shots", table=stem)
         res.write(pd.DataFrame(long_rows), stem + "_long", index=False, caption=f"Few-shot top-1 (numbers), {backbone}, {k} shots")
         means = cells.pivot_table(index="dataset", columns="method", values="mean")
         wil += wilcoxon_rows(res, means, family=res.table_id("fewshot", bk, k), protocol="fewshot", backbone_key=bk, shots=k, split="test")
@@ -91,6 +92,7 @@ def _shot_curves(res: Results) -> None:
         panels = datasets + (["Average"] if len(avg) else [])
         res.figure(plots.shot_curves, res.out / "figures" / f"fewshot_curves_{bk}", data, f"{backbone}: top-1 vs shots",
                    res.methods(r), panels)
+        res.show("fewshot_curves", f"{backbone}: top-1 accuracy against shots per class", figure=f"figures/fewshot_curves_{bk}")
         m = data.groupby(["panel", "method", "shots"])["top1"].mean().reset_index()
         m.insert(0, "backbone", backbone)
         curve_means.append(m)

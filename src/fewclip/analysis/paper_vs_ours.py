@@ -14,14 +14,40 @@ CAPTION = ("Published numbers beside ours (ours = mean over seeds; in_ci: publis
            "in_boot_ci: inside the bootstrap CI over test images)")
 
 
+UNRUN = ("not run", "no fewclip method")
+
+
 def write(res: Results) -> None:
+    """paper_vs_ours: the published rows we have runs for (numbers first), then one line per paper
+    counting its published rows with no run of ours; paper_vs_ours_all.csv: every published row."""
     pub = paper.published()
     by_method = Lookup(res.df)
     rows = [_match(res, by_method, p) for p in pub.to_dict("records")]
-    out = pd.concat([pub.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
-    res.write(out, "tables/paper_vs_ours", index=False, caption=CAPTION)
-    matched = out["ours"].notna().sum()
-    res.note(f"paper_vs_ours: {matched} of {len(out)} published numbers have a fewclip counterpart in these runs.")
+    full = pd.concat([pub.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
+    res.write_csv(full, "tables/paper_vs_ours_all")
+    res.paper_vs_ours = full
+    res.write(readable(full), "tables/paper_vs_ours", index=False, caption=CAPTION + LAST_LINES)
+    matched = full["ours"].notna().sum()
+    res.note(f"paper_vs_ours: {matched} of {len(full)} published numbers have a fewclip counterpart in these runs "
+             "(every published row with its match or note: tables/paper_vs_ours_all.csv).")
+
+
+LAST_LINES = "; the last lines count, per paper, the published rows with no run of ours"
+
+
+def readable(full: pd.DataFrame) -> pd.DataFrame:
+    """Rows with a run of ours, those with a number first (published order within each), then one
+    line per paper: how many of its published rows have no run of ours (and why)."""
+    ran = full[~full["note"].isin(UNRUN)]
+    ran = pd.concat([ran[ran["ours"].notna()], ran[ran["ours"].isna()]])
+    lines = []
+    for name, rows in full[full["note"].isin(UNRUN)].groupby("paper", sort=False):
+        counts = rows["note"].value_counts()
+        why = ", ".join(f"{counts[n]} {n}" for n in UNRUN if n in counts)
+        lines.append({"paper": name, "n_seeds": 0,
+                      "note": f"{len(rows)} of {int((full['paper'] == name).sum())} published rows with no run of ours ({why})"})
+    tail = pd.DataFrame(lines, columns=full.columns)
+    return pd.concat([ran, tail], ignore_index=True) if len(tail) else ran.reset_index(drop=True)
 
 
 def _match(res: Results, by_method: Lookup, p: dict) -> dict:

@@ -67,6 +67,8 @@ def dg_bars(stem: Path, data: pd.DataFrame, title: str, methods: list[str], orde
     ax.set_xlabel("")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title)
+    # dataset names are longer than a bar group is wide ("demo_shapes_sketch"): slant them
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")
     ax.legend(title="method", fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     paths = _save(fig, stem)
     plt.close(fig)

@@ -60,6 +60,8 @@ class Results:
         self.ttests = pd.DataFrame()  # filled by significance.pairwise; the tables' marks read it
         self.boot = pd.DataFrame()  # filled by significance.bootstrap; paper_vs_ours reads it
         self._lookup = Lookup(self.scored)
+        # what reports/README.md shows, in order: kind → [{"title", "table": rel stem, "figure": rel stem}]
+        self.toc: dict[str, list[dict]] = {}
 
     # ----------------------------------------------------------------- lookups
     def where(self, frame: pd.DataFrame | None = None, **cond) -> pd.DataFrame:
@@ -87,6 +89,10 @@ class Results:
         return f"{protocol}_{backbone_key}" if protocol == "base2new" else f"{protocol}_{backbone_key}_{shots}shot"
 
     # ----------------------------------------------------------------- output
+    def show(self, kind: str, title: str, table: str | None = None, figure: str | None = None) -> None:
+        """List an artifact for reports/README.md (`table`/`figure`: paths under out, no suffix)."""
+        self.toc.setdefault(kind, []).append({"title": title, "table": table, "figure": figure})
+
     def note(self, text: str) -> None:
         self.notes.append(text)
 
@@ -95,6 +101,15 @@ class Results:
         paths = write_table(frame, self.out / rel, caption=caption, legend=legend, index=index)
         self.written += paths
         return paths
+
+    def write_csv(self, frame: pd.DataFrame, rel: str) -> Path:
+        """Only a CSV (data for scripts, too long to read as a table)."""
+        from ..io import write_text
+
+        path = (self.out / rel).with_suffix(".csv")
+        write_text(path, frame.to_csv(index=False))
+        self.written.append(path)
+        return path
 
     def wrote(self, paths: list[Path]) -> list[Path]:
         self.written += paths

@@ -15,8 +15,8 @@ Features (`fit_on` hp, recorded in metrics.json `selected.fit_on`): `official` f
 **raw, unnormalised** encoder output (the store's `Features.raw`, also at test time); `clean`
 fits the L2-normalised features ("normalised").
 
-The fitted weights live as torch buffers (`weight` [C, d], `bias` [C]) so `logits` runs on
-any device: logits = f·W_lpᵀ + b. The head is class-specific: unseen classes are n/a, and
+The fitted weights live as torch parameters (`weight` [C, d], `bias` [C]; counted in
+`trainable_params`) so `logits` runs on any device: logits = f·W_lpᵀ + b. The head is class-specific: unseen classes are n/a, and
 ImageNet-A/-R keep the rows of their 200 ImageNet classes.
 """
 
@@ -120,8 +120,11 @@ class LinearProbe(Method):
             raise ConfigError("linear_probe needs at least two classes in the few-shot train set")
         found = search_c(tx, ty, vx, vy, task.seed, int(self.hp["search_steps"]))
         weight, bias = torch_head(found.pop("clf"), len(task.classes.names), tx.shape[1])
-        self.register_buffer("weight", weight.to(task.device))
-        self.register_buffer("bias", bias.to(task.device))
+        # Parameters, not buffers: metrics.json's trainable_params (the engine counts parameters that
+        # require grad) then holds what the probe learned, C×d weights + C biases. scikit-learn fits
+        # them above; the engine never trains this method (trains = False), logits run under no_grad.
+        self.weight = torch.nn.Parameter(weight.to(task.device))
+        self.bias = torch.nn.Parameter(bias.to(task.device))
         found["fit_on"] = self.hp.get("fit_on", "normalised")
         return found
 
