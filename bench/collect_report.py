@@ -74,6 +74,7 @@ def main(argv=None) -> int:
 
     from fewclip.grid import expand_grid
 
+    load_before = os.getloadavg()  # 2 shared cores: other processes' load changes every time here
     cfg = config(args.backbones)
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fewclip-bench-collect-"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -107,6 +108,8 @@ def main(argv=None) -> int:
         "n_resamples": args.n_resamples, "generate_s": gen_s, "collect_s": collect_s, "report_s": report_s,
         "report_without_predictions_s": report_nopred_s, "cli_startup_s": start_s, "total_s": total,
         "report_files": n_report_files,
+        "load_avg_1_5_15_before": [round(x, 2) for x in load_before],
+        "load_avg_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}",
     }
     print(f"collect + report: {len(cells)} run directories ({n_metrics} metrics.json, {args.n_test}-row "
@@ -117,6 +120,7 @@ def main(argv=None) -> int:
     print(f"{'  breakdown: report without --runs (no McNemar/bootstrap)':<52}{report_nopred_s:>9.1f}")
     print(f"{'  breakdown: per-prediction statistics (difference)':<52}{report_s - report_nopred_s:>9.1f}")
     print(f"{'  (fewclip --help: interpreter + CLI start-up)':<52}{start_s:>9.1f}")
+    print(f"  (load average before/after, 1/5/15 min: {result['load_avg_1_5_15_before']} / {result['load_avg_1_5_15_after']})")
     ok = "met" if total <= 30 else "NOT met"
     print(f"{'collect + report':<52}{total:>9.1f}   (target <= 30 s: {ok}; {n_report_files} report files)")
     if args.json:

@@ -108,11 +108,7 @@ def report_cmd(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     baselines = args.baselines or (config or {}).get("baselines", DEFAULT_BASELINES)
     runs = Path(args.runs) if args.runs and Path(args.runs).is_dir() else None
-    bad = _unreadable_predictions(table, runs) if runs is not None else None
-    if bad is not None:  # checked before anything is written under --out
-        raise FewclipError(f"{bad[0]} cannot be read ({bad[1]}): it is truncated or not a parquet file. Delete "
-                           "its run directory and rerun that cell, then `fewclip collect` and `fewclip report`")
-    try:
+    try:  # build_report reads every predictions.parquet before it writes anything under --out
         written = build_report(table, runs, Path(args.out), baselines=baselines, n_resamples=args.n_resamples)
     except (ValueError, OSError) as err:  # a corrupt predictions.parquet (pyarrow's ArrowInvalid is a ValueError)
         bad = _unreadable_predictions(table, runs) if runs is not None else None

@@ -46,7 +46,7 @@ def write(res: Results, marks: Marks) -> None:
         display = display.fillna("—")
         stem = f"tables/fewshot_{bk}_{k}shot"
         res.write(display, stem, caption=f"Few-shot top-1 accuracy (%), {backbone}, {k} shots", legend=legend(res.baselines))
-        res.show(f"fewshot:{bk}", f"{backbone}, {k} shots", table=stem)
+        res.show(f"fewshot:{bk}", f"{backbone}, {k} shot{'' if k == 1 else 's'}", table=stem)
         res.write(pd.DataFrame(long_rows), stem + "_long", index=False, caption=f"Few-shot top-1 (numbers), {backbone}, {k} shots")
         means = cells.pivot_table(index="dataset", columns="method", values="mean")
         wil += wilcoxon_rows(res, means, family=res.table_id("fewshot", bk, k), protocol="fewshot", backbone_key=bk, shots=k, split="test")

@@ -40,7 +40,8 @@ class Predictions:
         path = self.runs / metrics_dir / "predictions.parquet"
         if not path.is_file():
             return None
-        t = pq.read_table(path, columns=["path", "correct"], use_threads=False)
+        with pq.ParquetFile(path) as f:  # ~4x less overhead per file than pq.read_table (no dataset layer)
+            t = f.read(columns=["path", "correct"], use_threads=False)
         return t.column("path").combine_chunks(), np.asarray(t.column("correct").to_numpy(), dtype=bool)
 
 

@@ -32,8 +32,8 @@ def build_report(table: pd.DataFrame, runs: Path | None, out: Path, baselines: l
                  n_resamples: int = 2000, workers: int | None = None) -> list[Path]:
     """Write every table, figure and statistic under `out`; returns the written paths.
 
-    `workers`: processes drawing the figures meanwhile (0: here, one after another); by default
-    one per spare CPU, up to 2, for grids of at least FIGURE_POOL_MIN_ROWS scored rows."""
+    `workers`: processes writing the figures and long tables meanwhile (0: all here, one after
+    another); by default one per CPU, up to 2, for grids of at least FIGURE_POOL_MIN_ROWS scored rows."""
     res = Results(table=table, runs=runs, out=Path(out), baselines=list(baselines or DEFAULT_BASELINES), n_resamples=n_resamples)
     check_consistency(res.df)
     preds = Predictions(runs)
@@ -42,20 +42,26 @@ def build_report(table: pd.DataFrame, runs: Path | None, out: Path, baselines: l
         preds.load(res.scored.loc[res.scored["has_predictions"].astype(bool), "metrics_dir"])
     if workers is None:
         forks = "fork" in multiprocessing.get_all_start_methods()
-        workers = min(2, (os.cpu_count() or 1) - 1) if forks and len(res.scored) >= FIGURE_POOL_MIN_ROWS else 0
+        workers = min(2, os.cpu_count() or 1) if forks and len(res.scored) >= FIGURE_POOL_MIN_ROWS else 0
     res.figures = Figures(workers)
     for sub in ("tables", "figures", "stats", "plots"):
         (res.out / sub).mkdir(parents=True, exist_ok=True)
     try:
-        significance.pairwise(res, preds)
-        significance.bootstrap(res, preds)
-        marks = significance.Marks(res.ttests, res.baselines)
-        fewshot.write(res, marks)
-        base2new.write(res, marks)
-        dg.write(res, marks)
-        efficiency.write(res)
-        paper_vs_ours.write(res)
-        index.write(res)
-    finally:
-        res.figures.wait()
+        _build(res, preds)
+    except BaseException:
+        res.figures.shutdown()
+        raise
+    res.figures.wait()
+    index.write(res)  # last, once every file is written: it lists them and copies tables in
     return res.written
+
+
+def _build(res: Results, preds: Predictions) -> None:
+    significance.pairwise(res, preds)
+    significance.bootstrap(res, preds)
+    marks = significance.Marks(res.ttests, res.baselines)  # the tables print them
+    fewshot.write(res, marks)
+    base2new.write(res, marks)
+    dg.write(res, marks)
+    efficiency.write(res)
+    paper_vs_ours.write(res)

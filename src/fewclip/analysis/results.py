@@ -22,9 +22,17 @@ BASELINE_KEY = ["protocol", "backbone_key", "dataset", "eval_dataset", "split"] 
 DEFAULT_BASELINES = ["zeroshot", "coop"]
 
 
+# The collected table's columns the report reads; the others (hparams.*, selected.*, most of
+# provenance.*) only make every row selection slower.
+COLUMNS = ["protocol", "backbone_key", "dataset", "method", "shots", "seed", "preset", "backbone", "pretrained",
+           "eval_dataset", "eval_split", "top1", "n_test", "trainable_params", "epochs", "train_seconds",
+           "eval_seconds", "peak_mem_mb", "provenance.device", "provenance.manifest_sha256", "is_cell",
+           "metrics_dir", "has_predictions"]
+
+
 def prepare(table: pd.DataFrame) -> pd.DataFrame:
-    """The collected table with every column the report reads (missing ones filled in)."""
-    df = table.copy()
+    """The collected table's COLUMNS with every column the report reads (missing ones filled in)."""
+    df = table[[c for c in COLUMNS if c in table]].copy()
     for col, default in [("backbone", None), ("eval_dataset", None), ("eval_split", "test"), ("top1", np.nan)]:
         if col not in df:
             df[col] = default
@@ -97,8 +105,11 @@ class Results:
         self.notes.append(text)
 
     def write(self, frame: pd.DataFrame, rel: str, caption: str = "", legend: str = "", index: bool = True) -> list[Path]:
-        """write_table under `out` (rel = 'tables/name'), recorded for the index."""
-        paths = write_table(frame, self.out / rel, caption=caption, legend=legend, index=index)
+        """write_table under `out` (rel = 'tables/name'), recorded for the index; in a worker process
+        when there are workers (formatting Markdown and LaTeX is slow), finished by `figures.wait()`."""
+        stem = self.out / rel
+        paths = [stem.with_suffix(".csv"), stem.with_suffix(".md"), stem.with_suffix(".tex")]
+        self.figures.submit(write_table, paths, frame, stem, caption, legend, index)
         self.written += paths
         return paths
 
@@ -117,23 +128,26 @@ class Results:
 
     def figure(self, draw, stem: Path, *args) -> None:
         """Draw one figure (a `plots` function) to stem.png/.pdf, now or in a worker process."""
-        self.written += self.figures.submit(draw, stem, *args)
+        paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+        self.figures.submit(draw, paths, stem, *args)
+        self.written += paths
 
 
 class Figures:
-    """Where figures are drawn: in this process (workers=0), or in worker processes while the
-    statistics and tables go on here (matplotlib spends most of a report's time; each figure
-    is independent and drawn by the same code, so the files are the same bytes either way)."""
+    """Where figures (and long tables) are written: in this process (workers=0), or in worker
+    processes while the statistics go on here. matplotlib and the Markdown/LaTeX formatters spend
+    most of a large report's time; each file is independent and written by the same code, so the
+    bytes are the same either way (tests/test_report_reader.py)."""
 
     def __init__(self, workers: int = 0):
         self.workers = workers
         self._pool = None
         self._futures = []
 
-    def submit(self, draw, stem: Path, *args) -> list[Path]:
-        paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    def submit(self, work, paths: list[Path], *args) -> list[Path]:
+        """Run work(*args), which writes `paths`, here or in a worker; returns `paths`."""
         if self.workers <= 0:
-            draw(stem, *args)
+            work(*args)
             return paths
         if self._pool is None:
             import multiprocessing
@@ -142,7 +156,7 @@ class Figures:
             # fork: the worker starts with this process's imports (spawn would re-import the caller's
             # __main__); Arrow's thread pools reinitialise themselves in a forked child.
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"))
-        self._futures.append(self._pool.submit(draw, stem, *args))
+        self._futures.append(self._pool.submit(work, *args))
         return paths
 
     def wait(self) -> None:
@@ -153,8 +167,12 @@ class Figures:
             for f in self._futures:
                 f.result()
         finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
-            self._pool, self._futures = None, []
+        self._pool, self._futures = None, []
 
 
 class Lookup:
