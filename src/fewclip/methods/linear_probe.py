@@ -16,8 +16,8 @@ Features (`fit_on` hp, recorded in metrics.json `selected.fit_on`): `official` f
 fits the L2-normalised features ("normalised").
 
 The fitted weights live as torch parameters (`weight` [C, d], `bias` [C]; counted in
-`trainable_params`) so `logits` runs on any device: logits = f·W_lpᵀ + b. The head is class-specific: unseen classes are n/a, and
-ImageNet-A/-R keep the rows of their 200 ImageNet classes.
+`trainable_params`) so `logits` runs on any device: logits = f·W_lpᵀ + b. The head is
+class-specific: unseen classes are n/a, and ImageNet-A/-R keep the rows of their 200 ImageNet classes.
 """
 
 from __future__ import annotations
