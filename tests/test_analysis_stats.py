@@ -121,3 +121,19 @@ def test_bootstrap_vectorised_equals_per_cell():
     big = [[rng.random(12000) < 0.6, rng.random(12000) < 0.7] for _ in range(2)]  # batch = 833 < 1000 resamples
     got = stats.bootstrap_accuracy_cis(big, n_resamples=1000)
     assert [tuple(g) for g in got] == [stats.bootstrap_accuracy_ci(c, n_resamples=1000) for c in big]
+
+
+def test_paired_ttests_vectorised_equals_per_pair():
+    rng = np.random.default_rng(6)
+    pairs = []
+    for i in range(400):
+        n = int(rng.integers(1, 6))
+        a = np.round(rng.uniform(40, 80, n), 2)
+        b = a - 1.5 if i % 10 == 0 else a - np.round(rng.normal(0, 2, n), 2)  # every 10th: constant difference
+        pairs.append((a, b))
+    same = lambda x, y: x == y or (np.isnan(x) and np.isnan(y))
+    got = stats.paired_ttests(pairs)
+    assert sum(not np.isnan(g.pvalue) for g in got) > 200
+    for g, (a, b) in zip(got, pairs):
+        r = stats.paired_ttest(a, b)
+        assert g.n == r.n and g.note == r.note and same(g.pvalue, r.pvalue) and same(g.statistic, r.statistic)

@@ -82,7 +82,7 @@ def pairwise(res: Results, preds: Predictions) -> None:
     use_preds = preds.runs is not None and {"metrics_dir", "has_predictions"} <= set(df.columns)
     first_cell = _first_rows(df, KEY + ["seed"]) if use_preds else {}
     first_base = _first_rows(df, BASELINE_KEY + ["method", "shots", "seed"]) if use_preds else {}
-    trows, pairs = [], []
+    trows, tpairs, pairs = [], [], []
     for key, a in cell_seed.groupby(level=list(range(len(KEY)))):
         a = a.droplevel(list(range(len(KEY))))
         cell = dict(zip(KEY, key))
@@ -102,11 +102,11 @@ def pairwise(res: Results, preds: Predictions) -> None:
             if len(common) == 0 and len(b) == 1 and baseline == "zeroshot":
                 common = a.index  # a deterministic zero-shot evaluated once pairs with every seed
                 b = pd.Series(b.iloc[0], index=common)
-            t = stats.paired_ttest(a.loc[common], b.loc[common])
             family = res.table_id(cell["protocol"], cell["backbone_key"], cell["shots"])
-            trows.append({**cell, "baseline": baseline, "family": family, "n_seeds": t.n,
-                          "mean_diff": float((a.loc[common] - b.loc[common]).mean()) if len(common) else np.nan,
-                          "t": t.statistic, "p": t.pvalue, "note": t.note})
+            va, vb = a.loc[common].to_numpy(dtype=float), b.loc[common].to_numpy(dtype=float)
+            trows.append({**cell, "baseline": baseline, "family": family,
+                          "mean_diff": float((a.loc[common] - b.loc[common]).mean()) if len(common) else np.nan})
+            tpairs.append((va, vb))
             if not use_preds:
                 continue
             base_first = first_base[bkey + (k_b, base_cells[bkey + (k_b,)].index[0])]
@@ -120,6 +120,8 @@ def pairwise(res: Results, preds: Predictions) -> None:
                 counts = discordant(pa, pb)
                 if counts is not None:
                     pairs.append(({**cell, "baseline": baseline, "family": family, "seed": seed}, counts))
+    for row, t in zip(trows, stats.paired_ttests(tpairs)):  # all cells at once, the per-pair numbers
+        row.update(n_seeds=t.n, mean_diff=row.pop("mean_diff"), t=t.statistic, p=t.pvalue, note=t.note)
     res.ttests = holm_by_family(pd.DataFrame(trows))
     mrows = []
     if pairs:

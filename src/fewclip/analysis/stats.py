@@ -50,6 +50,33 @@ def paired_ttest(a, b) -> TestResult:
     return TestResult(float(res.statistic), float(res.pvalue), n)
 
 
+def paired_ttests(pairs) -> list[TestResult]:
+    """`paired_ttest` for many (a, b) pairs at once: one scipy.stats.ttest_rel call per number of
+    seeds on the stacked pairs (axis=1), same results and notes as the per-pair calls."""
+    out: list[TestResult | None] = [None] * len(pairs)
+    by_n: dict[int, list[int]] = {}
+    for i, (a, b) in enumerate(pairs):
+        by_n.setdefault(len(a), []).append(i)
+    for n, idx in by_n.items():
+        if n < 2:
+            for i in idx:
+                out[i] = TestResult(np.nan, np.nan, n, f"n/a (n={n} seed pair too few)")
+            continue
+        a = np.array([np.asarray(pairs[i][0], dtype=float) for i in idx])
+        b = np.array([np.asarray(pairs[i][1], dtype=float) for i in idx])
+        d = a - b
+        constant = np.isclose(d, d[:, :1]).all(axis=1)  # np.allclose(d, d[0]) per row
+        res = stats.ttest_rel(a[~constant], b[~constant], axis=1) if (~constant).any() else None
+        tested = iter(range(int((~constant).sum())))
+        for row, i in enumerate(idx):
+            if constant[row]:
+                out[i] = TestResult(np.nan, np.nan, n, "n/a (identical difference on every seed)")
+            else:
+                j = next(tested)
+                out[i] = TestResult(float(res.statistic[j]), float(res.pvalue[j]), n)
+    return out
+
+
 def mcnemar_table(a_correct, b_correct) -> np.ndarray:
     """2×2 table [[both right, A right/B wrong], [A wrong/B right, both wrong]]."""
     a = np.asarray(a_correct, dtype=bool)
