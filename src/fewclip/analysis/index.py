@@ -78,9 +78,10 @@ def _efficiency(res: Results) -> list[str]:
     table = efficiency.summary(res)
     if table.empty:
         return []
+    what = efficiency.CAPTION.split(": ", 1)[1]
     return ["## Efficiency", "",
             "Median over each method's cells (datasets and shot counts); per cell in "
-            "[tables/efficiency.md](tables/efficiency.md). " + efficiency.CAPTION.split(": ", 1)[1].capitalize() + ".", "",
+            f"[tables/efficiency.md](tables/efficiency.md). {what[0].upper()}{what[1:]}.", "",
             table.to_markdown(index=False, missingval="—"), ""]
 
 

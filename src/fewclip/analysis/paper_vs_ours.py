@@ -47,7 +47,8 @@ def readable(full: pd.DataFrame) -> pd.DataFrame:
         lines.append({"paper": name, "n_seeds": 0,
                       "note": f"{len(rows)} of {int((full['paper'] == name).sum())} published rows with no run of ours ({why})"})
     tail = pd.DataFrame(lines, columns=full.columns)
-    return pd.concat([ran, tail], ignore_index=True) if len(tail) else ran.reset_index(drop=True)
+    out = pd.concat([ran, tail], ignore_index=True) if len(tail) else ran.reset_index(drop=True)
+    return out.astype(object).where(out.notna(), None)  # empty cells, not "nan", in the Markdown
 
 
 def _match(res: Results, by_method: Lookup, p: dict) -> dict:
