@@ -1,5 +1,5 @@
 """Figures (seaborn/matplotlib, PNG + PDF). Every function takes the output stem first and returns the written paths
-(module-level functions of picklable arguments: `results.Figures` may run them in a worker process)."""
+(module-level functions of picklable arguments: `results.Writers` may run them in a worker process)."""
 
 from __future__ import annotations
 

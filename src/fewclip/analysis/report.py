@@ -20,7 +20,7 @@ import pandas as pd
 from . import base2new, dg, efficiency, fewshot, index, paper_vs_ours, significance
 from .collect import check_consistency
 from .predictions import Predictions
-from .results import DEFAULT_BASELINES, Figures, Results
+from .results import DEFAULT_BASELINES, Results, Writers
 
 # Below this many scored rows (the demo, the tests) starting worker processes costs more than it saves.
 FIGURE_POOL_MIN_ROWS = 1000
@@ -32,7 +32,7 @@ def build_report(table: pd.DataFrame, runs: Path | None, out: Path, baselines: l
                  n_resamples: int = 2000, workers: int | None = None) -> list[Path]:
     """Write every table, figure and statistic under `out`; returns the written paths.
 
-    `workers`: processes writing the figures and long tables meanwhile (0: all here, one after
+    `workers`: processes writing the figures and tables meanwhile (0: all here, one after
     another); by default one per CPU, up to 2, for grids of at least FIGURE_POOL_MIN_ROWS scored rows."""
     res = Results(table=table, runs=runs, out=Path(out), baselines=list(baselines or DEFAULT_BASELINES), n_resamples=n_resamples)
     check_consistency(res.df)
@@ -43,15 +43,15 @@ def build_report(table: pd.DataFrame, runs: Path | None, out: Path, baselines: l
     if workers is None:
         forks = "fork" in multiprocessing.get_all_start_methods()
         workers = min(2, os.cpu_count() or 1) if forks and len(res.scored) >= FIGURE_POOL_MIN_ROWS else 0
-    res.figures = Figures(workers)
+    res.writers = Writers(workers)
     for sub in ("tables", "figures", "stats", "plots"):
         (res.out / sub).mkdir(parents=True, exist_ok=True)
     try:
         _build(res, preds)
     except BaseException:
-        res.figures.shutdown()
+        res.writers.shutdown()
         raise
-    res.figures.wait()
+    res.writers.wait()
     index.write(res)  # last, once every file is written: it lists them and copies tables in
     return res.written
 

@@ -58,10 +58,10 @@ class Results:
     n_resamples: int = 2000
     notes: list[str] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
-    figures: "Figures | None" = None
+    writers: "Writers | None" = None
 
     def __post_init__(self):
-        self.figures = self.figures or Figures(workers=0)
+        self.writers = self.writers or Writers(workers=0)
         self.df = prepare(self.table)
         self.summary = self.df.groupby(KEY, dropna=False)["top1"].agg(mean="mean", std="std", n="count").reset_index()
         self.scored = self.df[self.df["top1"].notna()]
@@ -106,10 +106,10 @@ class Results:
 
     def write(self, frame: pd.DataFrame, rel: str, caption: str = "", legend: str = "", index: bool = True) -> list[Path]:
         """write_table under `out` (rel = 'tables/name'), recorded for the index; in a worker process
-        when there are workers (formatting Markdown and LaTeX is slow), finished by `figures.wait()`."""
+        when there are workers (formatting Markdown and LaTeX is slow), finished by `writers.wait()`."""
         stem = self.out / rel
         paths = [stem.with_suffix(".csv"), stem.with_suffix(".md"), stem.with_suffix(".tex")]
-        self.figures.submit(write_table, paths, frame, stem, caption, legend, index)
+        self.writers.submit(write_table, paths, frame, stem, caption, legend, index)
         self.written += paths
         return paths
 
@@ -129,12 +129,12 @@ class Results:
     def figure(self, draw, stem: Path, *args) -> None:
         """Draw one figure (a `plots` function) to stem.png/.pdf, now or in a worker process."""
         paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-        self.figures.submit(draw, paths, stem, *args)
+        self.writers.submit(draw, paths, stem, *args)
         self.written += paths
 
 
-class Figures:
-    """Where figures (and long tables) are written: in this process (workers=0), or in worker
+class Writers:
+    """Where figures and tables are written: in this process (workers=0), or in worker
     processes while the statistics go on here. matplotlib and the Markdown/LaTeX formatters spend
     most of a large report's time; each file is independent and written by the same code, so the
     bytes are the same either way (tests/test_report_reader.py)."""
