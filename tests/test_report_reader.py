@@ -79,8 +79,8 @@ def test_readme_reads_like_a_results_section(built):
     assert headings == ["Few-shot classification", "Base-to-new generalization", "Domain generalization", "Efficiency",
                         "Significance", "Paper vs ours", "Legend", "Notes", "Files"]
     # one few-shot table per shot count, the shot curves, the tables' numbers copied in
-    for k in (1, 2, 4):
-        assert f"### RN50, {k} shots" in text
+    for title in ("RN50, 1 shot", "RN50, 2 shots", "RN50, 4 shots"):
+        assert f"### {title}\n" in text
     assert "![RN50: top-1 accuracy against shots per class](figures/fewshot_curves_rn50.png)" in text
     dtd = pd.read_csv(out / "tables" / "fewshot_rn50_4shot.csv", index_col=0).loc["coop", "dtd"]
     assert dtd in text
