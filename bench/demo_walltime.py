@@ -64,7 +64,7 @@ def main() -> int:
         print(f"  [{'ok' if ok else 'NO'}] {text}")
     if args.json:
         Path(args.json).write_text(json.dumps({"wall_s": wall, "per_rule_s": per_rule,
-                                               "checks": [{"check": c, "ok": ok} for c, ok in checks]}, indent=2))
+                                               "checks": [{"check": c, "ok": bool(ok)} for c, ok in checks]}, indent=2))
     return 0
 
 
