@@ -11,8 +11,8 @@ from pathlib import Path
 
 
 # The methods that ship with fewclip (the registry must list exactly these; a test checks it).
-# Snakemake checks config names against this without importing torch; other names are looked up
-# in the registry, which includes the user's FEWCLIP_PLUGINS.
+# Configs are checked against the registry itself (fewclip.plan), which also holds the user's
+# FEWCLIP_PLUGINS.
 BUILTIN_METHODS = ("zeroshot", "linear_probe", "coop", "cocoop", "clip_adapter", "tip_adapter",
                    "tip_adapter_f", "vpt", "vlp", "dpt")
 

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .grid import BUILTIN_METHODS, Cell, expand_grid
+from .grid import Cell, expand_grid
 
 DEMO_CONFIG = "config/config.yaml"  # the embedded demo: used only when no --configfile is given
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
@@ -148,7 +148,7 @@ def check_config(config: dict) -> dict:
             close = sorted(m for m in models if m.lower().startswith(bb["model"][:3].lower()))[:8]
             raise ConfigError(f"config key backbones.{key}.model: unknown open_clip model '{bb['model']}'"
                               + (f" (similar: {', '.join(close)})" if close else ""))
-    registered = _registry(config)
+    registered = _registry()
     for protocol, p in config["protocols"].items():
         for i, run in enumerate(p.get("runs", [])):
             if run["backbone"] not in config["backbones"]:
@@ -168,7 +168,8 @@ def check_config(config: dict) -> dict:
     return config
 
 
-def _registry(config: dict) -> dict:
+def _registry() -> dict:
+    """The registered methods (fewclip's and the user's FEWCLIP_PLUGINS)."""
     from .methods import load_all
 
     return load_all()
@@ -242,5 +243,3 @@ def cmd_plan(args) -> int:
     sys.stdout.write("".join(line + "\n" for line in lines))
     return 0
 
-
-__all__ = ["BUILTIN_METHODS", "PlannedCell", "check_config", "plan", "read_config"]
