@@ -543,17 +543,30 @@ def test_a_run_directory_is_readable_by_the_group(finished):
         assert p.stat().st_mode & 0o044, p  # not mkstemp's 0600
 
 
-def test_an_unwritable_out_is_refused_before_any_work(tmp_path, fixture_root, cli):
-    """As root, permissions do not stop a write; a read-only mount (/sys in a container) does."""
-    target = Path("/sys/fewclip-hardening-test")
-    try:
-        target.mkdir()
-    except OSError:
-        pass
-    else:
-        target.rmdir()
-        pytest.skip("/sys is writable here")
+def test_an_unwritable_out_is_refused_before_any_work(tmp_path, fixture_root, cli, monkeypatch):
+    """Root ignores permission bits, so the refusal a read-only disk gives is injected where the
+    run writes under --out (creating the folder and the write probe), for any user."""
+    import tempfile
+
+    target = tmp_path / "readonly"
+    real_mkdir, real_mkstemp = Path.mkdir, tempfile.mkstemp
+
+    def denied(path):
+        return Path(path).is_relative_to(target)
+
+    def mkdir(self, *a, **k):
+        if denied(self):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *a, **k)
+
+    def mkstemp(*a, dir=None, **k):
+        if dir is not None and denied(dir):
+            raise PermissionError(13, "Permission denied", str(dir))
+        return real_mkstemp(*a, dir=dir, **k)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
     proc = cli("run", *common(tmp_path, fixture_root), "--dataset", "dtd", "--method", "zeroshot", "--shots", 1,
                "--seed", 1, "--out", target / "run")
     refused(proc, "not writable", str(target / "run"), "choose another --out")
-    assert not (tmp_path / "features").exists()
+    assert not (tmp_path / "features").exists() and not target.exists()
