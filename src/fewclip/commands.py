@@ -8,8 +8,6 @@ import re
 import sys
 from pathlib import Path
 
-import yaml
-
 from .errors import ConfigError
 
 MAX_SEED = 2**32 - 1  # what every RNG fewclip seeds (random, torch, numpy) accepts
@@ -220,18 +218,9 @@ def cmd_encode(args) -> int:
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"--set expects KEY=VALUE, got '{pair}'")
-        key, value = pair.split("=", 1)
-        if not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE, got '{pair}' (no key)")
-        try:
-            out[key.strip()] = yaml.safe_load(value)  # `1e-3` (a string to YAML 1.1): see resolve_hparams
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--set {pair}: value is not valid YAML ({err})") from err
-    return out
+    from .plan import parse_key_values
+
+    return parse_key_values(pairs, "--set")
 
 
 def cmd_run(args) -> int:

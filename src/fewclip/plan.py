@@ -68,17 +68,18 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
-def parse_overrides(pairs: list[str]) -> dict:
-    """`--config KEY=VALUE ...` (YAML values, as Snakemake reads them)."""
+def parse_key_values(pairs: list[str], flag: str = "--config") -> dict:
+    """`KEY=VALUE` pairs with YAML values (`--config` as Snakemake reads them, `fewclip run --set`).
+    `1e-3`, a string to YAML 1.1, becomes a float where the setting is one (resolve_hparams)."""
     out: dict = {}
     for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"--config expects KEY=VALUE, got '{pair}'")
-        key, value = pair.split("=", 1)
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} expects KEY=VALUE, got '{pair}'")
         try:
-            out[key.strip()] = yaml.safe_load(value) if value else value
+            out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as err:
-            raise ConfigError(f"--config {pair}: value is not valid YAML ({err})") from err
+            raise ConfigError(f"{flag} {pair}: value is not valid YAML ({err})") from err
     return out
 
 
@@ -238,7 +239,7 @@ def register(sub) -> None:
 def cmd_plan(args) -> int:
     import sys
 
-    config = check_config(read_config(args.configfile, parse_overrides(args.config), args.workdir))
+    config = check_config(read_config(args.configfile, parse_key_values(args.config), args.workdir))
     lines = plan_lines(plan(config), args.json)
     sys.stdout.write("".join(line + "\n" for line in lines))
     return 0
