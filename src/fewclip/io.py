@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import errno
 import hashlib
 import json
@@ -128,6 +129,19 @@ def torch_load(path: str | os.PathLike, what: str, fix: str) -> Any:
     except (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, ValueError, TypeError,
             AttributeError, IndexError, UnicodeDecodeError) as err:
         raise FewclipError(f"cannot read {what} {path}: {describe_load_error(err)}; {fix}") from err
+
+
+def checkpoint_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a (large) weights file, computed once per process while its size and mtime stay
+    the same: the feature store's source and the loaded backbone name the same hash."""
+    path = Path(path).resolve()
+    st = path.stat()
+    return _cached_sha256(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -24,7 +24,6 @@ Reading them needs torch only: jobs that use stored features never import open_c
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.metadata
 import json
@@ -36,7 +35,7 @@ from pathlib import Path
 import torch
 
 from ..errors import FewclipError
-from ..io import atomic_path, sha256_file, torch_load
+from ..io import atomic_path, checkpoint_sha256, sha256_file, torch_load
 
 VIEW_SEED = 0
 STORE_FORMAT = 2  # 1: normalised features without a source; 2: raw features + source
@@ -107,14 +106,8 @@ def weights_identity(model: str, pretrained: str | None) -> str:
         path = Path(pretrained).expanduser()
         if not path.is_file():
             raise FewclipError(f"checkpoint file not found: {path}; pass an existing file to --pretrained")
-        st = path.stat()
-        return "sha256:" + _file_sha(str(path.resolve()), st.st_size, st.st_mtime_ns)
+        return "sha256:" + checkpoint_sha256(path)
     return f"open_clip:{model}:{pretrained}"
-
-
-@functools.lru_cache(maxsize=16)
-def _file_sha(path: str, size: int, mtime_ns: int) -> str:
-    return sha256_file(path)
 
 
 def split_digest(dataset) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, FewclipError
-from ..io import sha256_file
+from ..io import checkpoint_sha256
 
 INIT_SEED = 0  # random-init backbones are drawn under this seed
 LOGIT_SCALE = 100.0  # SPEC §1: exp of OpenAI CLIP's learned temperature
@@ -129,7 +129,7 @@ def load_backbone(name: str, pretrained: str = "openai", device: str | torch.dev
                 f"checkpoint {path} does not fit backbone '{name}': {str(err).splitlines()[0]}; "
                 "pass the model name the checkpoint was saved from"
             ) from err
-        sha = sha256_file(path)
+        sha = checkpoint_sha256(path)
         pretrained = str(path)
     else:
         tags = [t for m, t in open_clip.list_pretrained() if m == name]
