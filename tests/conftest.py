@@ -38,3 +38,38 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def refused(proc, *words, code=2):
+    """A clean failure: the exit code, one `error:` line holding every word, no traceback."""
+    err = proc.stderr
+    assert proc.returncode == code, (proc.returncode, err[-2000:])
+    assert "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err[-2000:]
+    for word in words:
+        assert word.lower() in lines[0].lower(), (word, lines[0])
+    assert "weights_only=False" not in err and "weights_only` set to `False" not in err
+    return lines[0]
+
+
+@pytest.fixture()
+def cli(capsys, one_torch_thread):
+    """`fewclip ARGS` in this process (the same entry point as the console script, without the
+    start-up cost); returns an object like subprocess.CompletedProcess."""
+    from types import SimpleNamespace
+
+    from fewclip import cli as entry
+
+    def call(*args, check=False):
+        capsys.readouterr()
+        try:
+            code = entry.main([str(a) for a in args])
+        except SystemExit as exit_:  # argparse's usage errors
+            code = exit_.code
+        out = capsys.readouterr()
+        if check and code:
+            raise AssertionError(f"fewclip {' '.join(map(str, args))} failed:\n{out.err[-3000:]}")
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+    return call

@@ -83,23 +83,25 @@ def register(sub) -> None:
     _backbone_args(p)
     p.add_argument("--data-root", required=True)
     p.add_argument("--dataset", required=True)
-    p.add_argument("--method", required=True)
+    p.add_argument("--method", nargs="+", required=True,
+                   help="method(s); several values run their cells in one process (--out must then contain {method})")
     p.add_argument("--shots", type=shots_type, nargs="+", required=True,
                    help="K; several values run several cells in one process (--out must then contain {shots})")
     p.add_argument("--seed", type=seed_type, nargs="+", required=True,
                    help="seed(s); several values need {seed} in --out (and in --manifest)")
-    p.add_argument("--out", required=True, help="run directory; may contain {shots} and {seed}")
+    p.add_argument("--out", required=True, help="run directory; may contain {method}, {shots} and {seed}")
     p.add_argument("--preset", default="clean", choices=["clean", "official"])
     p.add_argument("--protocol", default="fewshot", choices=["fewshot", "base2new", "dg"])
     p.add_argument("--eval", dest="evals", nargs="*", default=[], help="DG target datasets (--protocol dg)")
     p.add_argument("--manifest", help="few-shot manifest (from `fewclip split`); sampled here if absent")
     p.add_argument("--features", help="feature-store root (default results/features)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a hyper-parameter of the method (repeatable), e.g. --set epochs=1")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
+                   help="override a hyper-parameter (repeatable), e.g. --set epochs=1 for every --method, "
+                        "--set coop.epochs=1 for one of them")
     p.add_argument("--config-hash", default="")
     p.add_argument("--expect-hparams", nargs="+", default=[], metavar="SHA256",
                    help="the workflow's planned hyper-parameter digest per cell (`fewclip plan`), in the order "
-                        "the cells run (shots-major); a cell that would resolve other values is refused")
+                        "the cells run (method, then shots, then seed); a cell that would resolve other values is refused")
     p.add_argument("--workers", type=count_type, default=0)
     p.set_defaults(func=cmd_run)
 
@@ -217,41 +219,56 @@ def cmd_encode(args) -> int:
     return 0
 
 
-def parse_overrides(pairs: list[str]) -> dict:
+def parse_overrides(pairs: list[str], methods: list[str]) -> dict[str, dict]:
+    """`--set` pairs per method: `KEY=VALUE` applies to every method of the run, `METHOD.KEY=VALUE`
+    to that one (it wins over an unscoped KEY)."""
     from .plan import parse_key_values
 
-    return parse_key_values(pairs, "--set")
+    values = parse_key_values(pairs, "--set")
+    shared = {k: v for k, v in values.items() if "." not in k}
+    out = {m: dict(shared) for m in methods}
+    for key, value in values.items():
+        if "." in key:
+            method, _, name = key.partition(".")
+            if method not in out or not name:
+                raise ConfigError(f"--set {key}=...: '{method}' is not one of this run's methods "
+                                  f"({', '.join(methods)}); write --set METHOD.KEY=VALUE with one of them, or KEY=VALUE")
+            out[method][name] = value
+    return out
 
 
 def cmd_run(args) -> int:
-    """One cell, or several (shots × seeds) in one process: cheap cells then share one start-up.
-    Every cell is validated before the first one starts (a bad cell leaves nothing)."""
+    """One cell, or several (methods × shots × seeds) in one process: cheap cells then share one
+    start-up. Every cell is validated before the first one starts (a bad cell leaves nothing)."""
     from .gpus import claim
 
-    cells = [(k, s) for k in args.shots for s in args.seed]
-    if len(cells) > 1:
-        for field, flag in (("{shots}", "--shots"), ("{seed}", "--seed")):
-            several = len(args.shots if flag == "--shots" else args.seed) > 1
-            if several and (field not in args.out or (args.manifest and field not in args.manifest)):
-                raise ConfigError(f"several {flag} values need '{field}' in --out (and in --manifest) "
-                                  "so that every cell gets its own run directory")
+    if len(set(args.method)) < len(args.method):
+        raise ConfigError(f"--method {' '.join(args.method)} names a method twice")
+    cells = [(m, k, s) for m in args.method for k in args.shots for s in args.seed]
+    for field, values in (("{method}", args.method), ("{shots}", args.shots), ("{seed}", args.seed)):
+        if len(values) > 1 and field not in args.out:
+            raise ConfigError(f"several --{field[1:-1]} values need '{field}' in --out "
+                              "so that every cell gets its own run directory")
+        if len(values) > 1 and field != "{method}" and args.manifest and field not in args.manifest:
+            raise ConfigError(f"several --{field[1:-1]} values need '{field}' in --manifest (each cell has its own split)")
     if args.expect_hparams and len(args.expect_hparams) != len(cells):
         raise ConfigError(f"--expect-hparams has {len(args.expect_hparams)} digests for {len(cells)} cells")
     expected = args.expect_hparams or [None] * len(cells)
-    overrides = parse_overrides(args.overrides)
+    overrides = parse_overrides(args.overrides, args.method)
     claim(args.device)  # before torch touches CUDA: one device of the lock-file pool (see fewclip.gpus)
     from .engine.run import RunSpec, run_cell, validate_spec
 
+    def fill(template: str, m: str, k: int, s: int) -> str:
+        return template.replace("{method}", m).replace("{shots}", str(k)).replace("{seed}", str(s))
+
     specs = []
-    for (k, s), digest in zip(cells, expected):
-        out = args.out.replace("{shots}", str(k)).replace("{seed}", str(s))
-        manifest = args.manifest.replace("{shots}", str(k)).replace("{seed}", str(s)) if args.manifest else None
+    for (m, k, s), digest in zip(cells, expected):
         specs.append(RunSpec(
-            data_root=args.data_root, dataset=args.dataset, method=args.method, backbone=args.backbone,
-            backbone_key=args.backbone_key, pretrained=args.pretrained, out=out, shots=k, seed=s,
-            preset=args.preset, overrides=overrides, device=args.device, protocol=args.protocol,
-            evals=args.evals, manifest=manifest, features=args.features, config_hash=args.config_hash,
-            workers=args.workers, expect_hparams=digest,
+            data_root=args.data_root, dataset=args.dataset, method=m, backbone=args.backbone,
+            backbone_key=args.backbone_key, pretrained=args.pretrained, out=fill(args.out, m, k, s), shots=k, seed=s,
+            preset=args.preset, overrides=overrides[m], device=args.device, protocol=args.protocol,
+            evals=args.evals, manifest=fill(args.manifest, m, k, s) if args.manifest else None,
+            features=args.features, config_hash=args.config_hash, workers=args.workers, expect_hparams=digest,
         ))
     if len({sp.out for sp in specs}) < len(specs):
         raise ConfigError(f"--out {args.out} gives several cells the same run directory")

@@ -103,11 +103,25 @@ def batch_shots(protocol):
     return p["shots"] if isinstance(p["shots"], list) else [p["shots"]]
 
 
-def batch_outputs(protocol):
-    """Outputs of one batched job: every (shots, seed) cell of a (backbone, dataset, method).
-    The protocol stays a wildcard (each batch rule constrains it to its own)."""
-    run = "results/runs/{protocol}/{backbone}/{dataset}/{method}/{shots}shot/seed{seed}"
-    return expand(f"{run}/metrics.json", shots=batch_shots(protocol), seed=config["seeds"], allow_missing=True)
+def batch_groups():
+    """`batch_cells: true`: (protocol, backbone, side, methods) of each batch rule. A job of one
+    rule runs, for one dataset, every (method, shots, seed) cell of its side: `images` (the
+    prompt methods, `image_methods`, on `device`) or `features` (the rest, on the CPU)."""
+    groups: dict = {}
+    for c in CELLS:
+        side = "images" if c.method in IMAGE_METHODS else "features"
+        groups.setdefault((c.protocol, c.backbone, side), set()).add(c.method)
+    return [(p, b, side, sorted(ms)) for (p, b, side), ms in sorted(groups.items())]
+
+
+BATCH_RUN = "results/runs/{protocol}/{backbone}/{dataset}/{method}/{shots}shot/seed{seed}"
+
+
+def batch_outputs(protocol, methods):
+    """Outputs of one batched job: every (method, shots, seed) cell of a (backbone, dataset).
+    Protocol, backbone and dataset stay wildcards (each batch rule constrains the first two)."""
+    return expand(f"{BATCH_RUN}/metrics.json", method=methods, shots=batch_shots(protocol), seed=config["seeds"],
+                  allow_missing=True)
 
 
 def batch_inputs(wildcards):
@@ -120,23 +134,58 @@ def batch_inputs(wildcards):
     return inputs
 
 
-def batch_args(wildcards):
-    """`fewclip run` over all (shots, seed) cells of the job, in one process."""
-    w = wildcards
-    out = f"results/runs/{w.protocol}/{w.backbone}/{w.dataset}/{w.method}/{{shots}}shot/seed{{seed}}"
-    shots = [str(k) for k in batch_shots(w.protocol)]
-    seeds = [str(s) for s in config["seeds"]]
-    digests = [planned_sha(w, k, s) for k in shots for s in seeds]  # the order `fewclip run` runs them
-    cells = shlex.join(["--shots", *shots, "--seed", *seeds, "--out", out,
-                        "--manifest", manifest_path(w.dataset, "{shots}", "{seed}"), "--expect-hparams", *digests])
-    return f"{cells} {_method_args(w)}"
+def batch_args(methods):
+    """`fewclip run` over all (method, shots, seed) cells of the job, in one process."""
+
+    def args(wildcards):
+        w = wildcards
+        out = BATCH_RUN.replace("{protocol}", w.protocol).replace("{backbone}", w.backbone).replace("{dataset}", w.dataset)
+        shots = [str(k) for k in batch_shots(w.protocol)]
+        seeds = [str(s) for s in config["seeds"]]
+        digests = [HPARAMS_SHA[(w.protocol, w.backbone, w.dataset, m, int(k), int(s))]
+                   for m in methods for k in shots for s in seeds]  # the order `fewclip run` runs them
+        cells = shlex.join(["--method", *methods, "--shots", *shots, "--seed", *seeds, "--out", out,
+                            "--manifest", manifest_path(w.dataset, "{shots}", "{seed}"),
+                            "--expect-hparams", *digests])
+        return f"{cells} {_method_args(w, methods)}"
+
+    return args
 
 
-def _method_args(wildcards):
+def batch_resources(protocol, side, methods):
+    """(threads, gpu, mem_mb, runtime) of a batched job: the largest method's memory, the sum of
+    its cells' run times (the same per-cell figures as `fit`)."""
+    image = side == "images" and config["device"] != "cpu"
+
+    def mem(wildcards):
+        return max(mem_for(_Cell(wildcards, m, 0)) for m in methods)
+
+    def runtime(wildcards):
+        return len(config["seeds"]) * sum(runtime_for(_Cell(wildcards, m, k))
+                                          for m in methods for k in batch_shots(protocol))
+
+    return 4 if image else 1, 1 if image else 0, mem, runtime
+
+
+class _Cell:
+    """The wildcards of one (method, shots) cell of a batched job, as `fit` sees them."""
+
+    def __init__(self, wildcards, method, shots):
+        self.protocol, self.dataset, self.method, self.shots = wildcards.protocol, wildcards.dataset, method, shots
+
+    def keys(self):
+        return ["protocol", "dataset", "method", "shots"]
+
+
+def _method_args(wildcards, methods=None):
+    """The arguments shared by a job's cells; `methods` (a batched job's, all on one side) get
+    their `method_params` as --set METHOD.KEY=VALUE."""
     bb = backbone_cfg(wildcards.backbone)
-    image = wildcards.method in IMAGE_METHODS
+    batched = methods is not None
+    methods = methods or [wildcards.method]
+    image = methods[0] in IMAGE_METHODS
     args = [
-        "--data-root", DATA_ROOT, "--dataset", wildcards.dataset, "--method", wildcards.method,
+        "--data-root", DATA_ROOT, "--dataset", wildcards.dataset, *([] if batched else ["--method", methods[0]]),
         "--backbone", bb["model"], "--backbone-key", wildcards.backbone, "--pretrained", bb["pretrained"],
         "--preset", config["preset"],
         "--protocol", wildcards.protocol, "--features", "results/features",
@@ -144,8 +193,9 @@ def _method_args(wildcards):
     ]
     if wildcards.protocol == "dg":
         args += ["--eval", *config["protocols"]["dg"]["targets"]]
-    for key, value in config.get("method_params", {}).get(wildcards.method, {}).items():
-        args += ["--set", f"{key}={json.dumps(value)}"]
+    for m in methods:
+        for key, value in config.get("method_params", {}).get(m, {}).items():
+            args += ["--set", f"{m + '.' if batched else ''}{key}={json.dumps(value)}"]
     return shlex.join(str(a) for a in args)
 
 
@@ -192,14 +242,6 @@ def threads_for(wildcards):
     return 4 if uses_gpu(wildcards) else 1
 
 
-def _cells_per_job(wildcards):
-    """1 for `fit`; a batched job (batch_cells) runs every (shots, seed) of its protocol."""
-    if "shots" in wildcards.keys():
-        return 1
-    p = config["protocols"][wildcards.protocol]
-    return len(p["shots"] if isinstance(p["shots"], list) else [p["shots"]]) * len(config["seeds"])
-
-
 def mem_for(wildcards):
     mem, _ = METHOD_RESOURCES.get(wildcards.method, (16000 if wildcards.method in IMAGE_METHODS else 4000, 0))
     return mem * 2 if wildcards.dataset == "imagenet" else mem
@@ -213,7 +255,7 @@ def runtime_for(wildcards):
         minutes *= 2
     if wildcards.method in IMAGE_METHODS and "shots" in wildcards.keys():
         minutes = minutes * (1 + int(wildcards.shots)) // 8 + minutes // 2  # training time grows with K
-    return minutes * _cells_per_job(wildcards)
+    return minutes
 
 
 def fit_group(wildcards):
@@ -224,6 +266,12 @@ def fit_group(wildcards):
 
 def encode_gpu(wildcards):
     return 0 if config["device"] == "cpu" else 1
+
+
+def encode_threads(wildcards):
+    """2 cores for a GPU encode's data loading; on a CPU-only run 1, as every fit job: the
+    demo's small stores then encode side by side with other jobs instead of one at a time."""
+    return 1 if config["device"] == "cpu" else 2
 
 
 def encode_mem(wildcards):

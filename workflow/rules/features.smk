@@ -10,7 +10,7 @@ rule encode:
     params:
         args=encode_args,
         out=lambda wc, output: os.path.dirname(output.store),
-    threads: 2
+    threads: encode_threads
     resources:
         gpu=encode_gpu,
         mem_mb=encode_mem,

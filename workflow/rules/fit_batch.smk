@@ -1,32 +1,36 @@
-# `batch_cells: true`: one job per (protocol, backbone, dataset, method) runs all its
-# (shots, seed) cells in one process. For CPU demos and grids of cheap cells, where Python
-# start-up (~3 s) would dominate; every cell still gets its own declared run directory.
-# One rule per configured protocol (their shot lists differ).
+# `batch_cells: true`: one job per (protocol, backbone, dataset, side) runs all its (method,
+# shots, seed) cells in one process; the sides are the image methods (`image_methods`, on
+# `device`) and the feature-level ones (CPU). For CPU demos and grids of cheap cells, where
+# Python start-up (~3 s, ~6 s with open_clip) would dominate; every cell still gets its own
+# declared run directory. One rule per (protocol, backbone, side): their outputs differ.
+import re
 
-
-for batch_protocol in config["protocols"]:
+for batch_protocol, batch_backbone, batch_side, batch_methods in batch_groups():
+    batch_threads, batch_gpu, batch_mem, batch_runtime = batch_resources(batch_protocol, batch_side, batch_methods)
+    batch_name = "_".join(["fit_batch", batch_protocol, re.sub(r"\W", "_", batch_backbone), batch_side])
 
     rule:
         name:
-            f"fit_batch_{batch_protocol}"
+            batch_name
         input:
             unpack(batch_inputs),
         output:
-            batch_outputs(batch_protocol),
+            batch_outputs(batch_protocol, batch_methods),
         params:
-            args=batch_args,
-        threads: threads_for
+            args=batch_args(batch_methods),
+        threads: batch_threads
         resources:
-            gpu=gpu_for,
-            mem_mb=mem_for,
-            runtime=runtime_for,
+            gpu=batch_gpu,
+            mem_mb=batch_mem,
+            runtime=batch_runtime,
         log:
-            "logs/fit_batch/{protocol}/{backbone}/{dataset}/{method}.log",
+            f"logs/fit_batch/{{protocol}}/{{backbone}}/{{dataset}}/{batch_side}.log",
         benchmark:
-            "benchmarks/fit_batch/{protocol}/{backbone}/{dataset}/{method}.tsv"
+            f"benchmarks/fit_batch/{{protocol}}/{{backbone}}/{{dataset}}/{batch_side}.tsv"
         conda:
             "../envs/fewclip.yaml"
         wildcard_constraints:
             protocol=batch_protocol,
+            backbone=re.escape(batch_backbone),
         shell:
             "fewclip run {params.args} > {log:q} 2>&1"

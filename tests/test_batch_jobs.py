@@ -1,0 +1,106 @@
+"""Issue 19.5: `batch_cells` runs every (method, shots, seed) cell of one (protocol, backbone,
+dataset, side) in one process, so the demo starts 14 Python processes for its fits instead of 67.
+`fewclip run --method A B ...` is what those jobs call: each cell keeps its own run directory,
+its own scoped `--set` values and its planned digest."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+
+from conftest import REPO, refused
+from test_workflow import job_stats, snakemake
+
+TINY = "fewclip-tiny-vit"
+
+
+def _common(tmp_path, data):
+    return ["--backbone", TINY, "--pretrained", "none", "--device", "cpu", "--data-root", data,
+            "--features", tmp_path / "features", "--dataset", "dtd"]
+
+
+def _metrics(run) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def test_several_methods_run_in_one_process_as_they_do_alone(tmp_path, fixture_root, cli):
+    out = tmp_path / "runs/{method}/seed{seed}"
+    cli("run", *_common(tmp_path, fixture_root), "--method", "zeroshot", "clip_adapter", "--shots", 1,
+        "--seed", 1, 2, "--out", out, "--set", "clip_adapter.epochs=2", check=True)
+    for method in ("zeroshot", "clip_adapter"):
+        for seed in (1, 2):
+            m = _metrics(tmp_path / f"runs/{method}/seed{seed}")
+            assert (m["method"], m["seed"], m["status"]) == (method, seed, "complete")
+    assert _metrics(tmp_path / "runs/clip_adapter/seed1")["hparams"]["epochs"] == 2  # the scoped --set
+    assert "epochs" not in _metrics(tmp_path / "runs/zeroshot/seed1")["hparams"]
+    # the same cell run alone, with the unscoped --set of a one-method run
+    cli("run", *_common(tmp_path, fixture_root), "--method", "clip_adapter", "--shots", 1, "--seed", 2,
+        "--out", tmp_path / "alone", "--set", "epochs=2", check=True)
+    batched, alone = _metrics(tmp_path / "runs/clip_adapter/seed2"), _metrics(tmp_path / "alone")
+    assert batched["top1"] == alone["top1"] and batched["hparams"] == alone["hparams"]
+
+
+def test_an_unscoped_set_applies_to_every_method_and_a_scoped_one_wins(tmp_path, fixture_root, cli):
+    from fewclip.commands import parse_overrides
+
+    assert parse_overrides(["epochs=3", "coop.epochs=5", "coop.lr=0.1"], ["coop", "vpt"]) == {
+        "coop": {"epochs": 5, "lr": 0.1}, "vpt": {"epochs": 3}}
+
+
+def test_bad_multi_method_runs_are_refused_before_anything_is_written(tmp_path, fixture_root, cli):
+    base = [*_common(tmp_path, fixture_root), "--shots", 1, "--seed", 1]
+    cases = [
+        (["--method", "zeroshot", "zeroshot", "--out", tmp_path / "r/{method}"], ["names a method twice"]),
+        (["--method", "zeroshot", "clip_adapter", "--out", tmp_path / "r/x"], ["--method", "{method}", "--out"]),
+        (["--method", "zeroshot", "--out", tmp_path / "r/x", "--set", "coop.epochs=1"],
+         ["coop", "not one of this run's methods", "zeroshot"]),
+        (["--method", "zeroshot", "clip_adapter", "--out", tmp_path / "r/{method}", "--set", "clip_adapter.epochs=0"],
+         ["epochs=0", "at least 1"]),  # a bad value of the second method stops the first one too
+        (["--method", "zeroshot", "clip_adapter", "--out", tmp_path / "r/{method}", "--expect-hparams", "a" * 64],
+         ["--expect-hparams", "1 digests for 2 cells"]),
+    ]
+    for extra, words in cases:
+        refused(cli("run", *base, *extra), *words)
+        assert not (tmp_path / "r").exists() and not (tmp_path / "features").exists()
+
+
+def test_the_demo_runs_each_cell_once_in_one_job_per_protocol_dataset_and_side(tmp_path):
+    """The demo's dry run: 14 batched fit jobs (7 (protocol, dataset) pairs × image/feature side),
+    and together they run every planned cell exactly once, with its planned digest."""
+    from fewclip.plan import check_config, plan, read_config
+
+    demo = check_config(read_config([], workdir=REPO))
+    planned = {(c.cell.protocol, c.cell.dataset, c.cell.method, c.cell.shots, c.cell.seed): c.hparams_sha
+               for c in plan(demo)}
+    image_methods = set(demo["image_methods"])
+    (tmp_path / "config").mkdir()
+    shutil.copy(REPO / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
+    rc, out = snakemake("-n", "-p", "--directory", tmp_path, timeout=300)
+    assert rc == 0, out[-4000:]
+    stats = job_stats(out)
+    batch = {r: n for r, n in stats.items() if r.startswith("fit_batch")}
+    assert sum(batch.values()) == 14 and set(batch) == {
+        f"fit_batch_{p}_micro_{side}" for p in ("fewshot", "base2new", "dg") for side in ("images", "features")}
+    ran = {}
+    for line in re.findall(r"fewclip run .*$", out, flags=re.M):
+        argv = shlex.split(line.split(" > ")[0])[2:]
+        opts, key = {}, None
+        for a in argv:
+            if a.startswith("--"):
+                key = a
+                opts.setdefault(key, [])
+            else:
+                opts[key].append(a)
+        methods = opts["--method"]
+        assert len({m in image_methods for m in methods}) == 1, methods  # one side per job
+        cells = [(m, int(k), int(s)) for m in methods for k in opts["--shots"] for s in opts["--seed"]]
+        assert len(cells) == len(opts["--expect-hparams"])
+        for (m, k, s), sha in zip(cells, opts["--expect-hparams"]):
+            cell = (opts["--protocol"][0], opts["--dataset"][0], m, k, s)
+            assert cell not in ran, cell
+            ran[cell] = sha
+        for pair in opts.get("--set", []):
+            assert pair.split(".")[0] in methods, pair  # each method's own method_params
+    assert ran == planned
