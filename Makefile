@@ -10,9 +10,9 @@ setup: $(VENV)/.installed
 # torch/torchvision from the package registry (CUDA builds, they also run on CPU): see DEVELOPERS.md
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(BIN)/pip install -q --no-compile --upgrade pip
-	$(BIN)/pip install -q --no-compile "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/pip install -q --no-compile -e ".[workflow,test]"
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(BIN)/pip install -q -e ".[workflow,test]"
 	touch $@
 
 demo: setup

@@ -630,6 +630,7 @@ def test_pure_fp16_every_prompt_method_on_cpu(vit, name):
 
 def test_half_method_is_evaluated_on_half_images(vit, monkeypatch):
     """The image path's evaluation (ImageInputs.logits) feeds a pure-fp16 method half images, no autocast."""
+    from fewclip.data import transforms
     from fewclip.data.datasets import Item
     from fewclip.engine import images as images_mod
     from fewclip.engine.images import ImageInputs, ImageSet
@@ -641,6 +642,8 @@ def test_half_method_is_evaluated_on_half_images(vit, monkeypatch):
     _load_official(method, v["params"])
     make_half(method)
     monkeypatch.setattr(images_mod._Images, "__getitem__", lambda self, i: (r["images"][i], 0))
+    # the official images are model inputs already: collated as they are, not normalised again
+    monkeypatch.setattr(transforms, "collate_normalized", torch.utils.data.default_collate)
     test = ImageSet(None, [Item(f"p{i}", 0, "c") for i in range(len(r["images"]))], 64)
     inputs = ImageInputs.__new__(ImageInputs)
     inputs.device, inputs.hp = CPU, method.hp

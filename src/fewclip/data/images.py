@@ -1,4 +1,9 @@
-"""Image decoding: every file becomes an 8-bit RGB PIL image, or a DataError naming the file."""
+"""Image decoding: every file becomes an 8-bit RGB PIL image, or a DataError naming the file.
+
+`load_image_cached` keeps decoded images for the rest of the process, up to CACHE_BYTES: a
+batched job trains several methods × cells × epochs on the same few-shot and test images. Once
+the budget is full nothing more is added (no eviction, so a scan over a larger set costs no
+more than without a cache). DataLoader workers each fill their own copy."""
 
 from __future__ import annotations
 
@@ -10,6 +15,9 @@ from PIL import Image
 from ..errors import DataError
 
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+CACHE_BYTES = 1 << 30  # 1 GiB: every demo or fixture image, or ~3,500 decoded ImageNet photos
+_cache: dict[str, Image.Image] = {}
+_cached_bytes = 0
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -39,3 +47,18 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("P", "PA"):
         img = img.convert("RGBA")
     return img.convert("RGB")
+
+
+def load_image_cached(path: str | os.PathLike) -> Image.Image:
+    """`load_image(path)`, decoded once per process while the cache has room. The transforms
+    never modify their input image, so one decoded copy serves every later read."""
+    global _cached_bytes
+    key = os.fspath(path)
+    image = _cache.get(key)
+    if image is None:
+        image = load_image(key)
+        size = image.width * image.height * len(image.getbands())
+        if _cached_bytes + size <= CACHE_BYTES:
+            _cache[key] = image
+            _cached_bytes += size
+    return image

@@ -156,11 +156,11 @@ class ImageItems(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i):
-        from ..data.images import load_image
+        from ..data.images import load_image_cached
         from ..data.transforms import apply_seeded
 
         item = self.items[i]
-        image = load_image(self.dataset.abspath(item))
+        image = load_image_cached(self.dataset.abspath(item))
         if self.view is None:
             return self.transform(image), item.label
         return apply_seeded(self.transform, image, zlib.crc32(item.path.encode()) * 1009 + self.view + VIEW_SEED), item.label
@@ -168,12 +168,15 @@ class ImageItems(torch.utils.data.Dataset):
 
 def encode_items(backbone, dataset, items, transform, batch_size: int = 128, workers: int = 0,
                  desc: str = "encode", view: int | None = None) -> torch.Tensor:
-    """[N, d] raw (unnormalised) image features of `items`, in order, with a progress bar."""
+    """[N, d] raw (unnormalised) image features of `items`, in order, with a progress bar.
+    `transform` is a `batched` one (fewclip.data.transforms): it ends in an 8-bit tensor."""
     from tqdm import tqdm
+
+    from ..data.transforms import collate_normalized
 
     loader = torch.utils.data.DataLoader(
         ImageItems(dataset, items, transform, view), batch_size=batch_size, num_workers=workers,
-        shuffle=False, pin_memory=backbone.device.type == "cuda",
+        shuffle=False, pin_memory=backbone.device.type == "cuda", collate_fn=collate_normalized,
     )
     out = [backbone.encode_images(images, normalize=False).cpu()
            for images, _ in tqdm(loader, desc=desc, unit="batch", leave=False)]
@@ -270,7 +273,7 @@ class FeatureStore:
         path = self.root / "test.pt"
         if self._current(path) is None:
             items = self.dataset.test
-            feats = self._encode(items, test_transform(self.backbone.image_size), f"{self.dataset.name} test")
+            feats = self._encode(items, test_transform(self.backbone.image_size, batched=True), f"{self.dataset.name} test")
             save(path, _record(items, feats, self.source))
         return load_features(path)
 
@@ -283,7 +286,7 @@ class FeatureStore:
         have = set(old["paths"]) if old else set()
         todo = _unique([it for it in items if it.path not in have])
         if todo:
-            feats = self._encode(todo, test_transform(self.backbone.image_size), f"{self.dataset.name} few-shot")
+            feats = self._encode(todo, test_transform(self.backbone.image_size, batched=True), f"{self.dataset.name} few-shot")
             save(path, _merge(old, _record(todo, feats, self.source)))
         return load_features(path).select([it.path for it in items])
 
@@ -300,7 +303,7 @@ class FeatureStore:
         todo = _unique([it for it in items if it.path not in have])
         if todo:
             size = self.backbone.image_size
-            feats = torch.stack([self._encode(todo, view_transform(size), f"{self.dataset.name} view {v + 1}", v)
+            feats = torch.stack([self._encode(todo, view_transform(size, batched=True), f"{self.dataset.name} view {v + 1}", v)
                                  for v in range(n_views)])
             save(path, _merge(old, _record(todo, feats, self.source), axis=1))
         out = load_features(path).select([it.path for it in items])

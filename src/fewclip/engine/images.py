@@ -37,11 +37,11 @@ class _Images(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i):
-        from ..data.images import load_image
+        from ..data.images import load_image_cached
         from ..data.transforms import apply_seeded
 
         item = self.items[i]
-        image = load_image(self.dataset.abspath(item))
+        image = load_image_cached(self.dataset.abspath(item))
         if self.aug_seed is None:
             return self.transform(image), item.label
         return apply_seeded(self.transform, image, self.aug_seed * 1_000_003 + i), item.label
@@ -69,11 +69,11 @@ class ImageSet:
 
     def loader(self, batch_size: int = EVAL_BATCH):
         """Batches of (images, labels) with the test transform, in order."""
-        from ..data.transforms import test_transform
+        from ..data.transforms import collate_normalized, test_transform
 
         return torch.utils.data.DataLoader(
-            _Images(self.dataset, self.items, test_transform(self.image_size)), batch_size=batch_size,
-            shuffle=False, num_workers=self.workers)
+            _Images(self.dataset, self.items, test_transform(self.image_size, batched=True)), batch_size=batch_size,
+            shuffle=False, num_workers=self.workers, collate_fn=collate_normalized)
 
 
 @dataclass
@@ -146,13 +146,14 @@ class ImageInputs:
     def batches(self, task: ImageTask, hp: dict, seed: int):
         """`epoch -> iterable of (images, labels)` on the device (Dassl's train loader, in both
         presets: the last incomplete batch is dropped when the set holds a full one)."""
-        from ..data.transforms import train_transform
+        from ..data.transforms import collate_normalized, train_transform
         from .train import dassl_drop_last
 
         items, ds = task.train.items, task.train.dataset
         batch_size = int(hp["batch_size"])
         drop_last = dassl_drop_last(len(items), batch_size)
-        transform = train_transform(task.train.image_size, scale=(float(hp.get("crop_scale_min", 0.08)), 1.0))
+        transform = train_transform(task.train.image_size, scale=(float(hp.get("crop_scale_min", 0.08)), 1.0),
+                                    batched=True)
         device = self.device
 
         def batches(epoch: int):
@@ -160,7 +161,7 @@ class ImageInputs:
             order = torch.randperm(len(items), generator=g).tolist()
             data = _Images(ds, items, transform, aug_seed=seed * 100_003 + epoch)
             loader = torch.utils.data.DataLoader(
-                data, batch_size=batch_size, sampler=order, drop_last=drop_last,
+                data, batch_size=batch_size, sampler=order, drop_last=drop_last, collate_fn=collate_normalized,
                 num_workers=self.spec.workers, pin_memory=device.type == "cuda")
             for images, labels in loader:
                 yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
