@@ -104,9 +104,9 @@ def batch_shots(protocol):
 
 
 def batch_groups():
-    """`batch_cells: true`: (protocol, backbone, side, methods) of each batch rule. A job of one
-    rule runs, for one dataset, every (method, shots, seed) cell of its side: `images` (the
-    prompt methods, `image_methods`, on `device`) or `features` (the rest, on the CPU)."""
+    """`batch_cells: true`: (protocol, backbone, side, methods) of each batched fit. Its job for
+    one dataset runs every (method, shots, seed) cell of its side, `images` (the prompt
+    methods, `image_methods`, on `device`) or `features` (the rest, on the CPU)."""
     groups: dict = {}
     for c in CELLS:
         side = "images" if c.method in IMAGE_METHODS else "features"
@@ -158,23 +158,13 @@ def batch_resources(protocol, side, methods):
     image = side == "images" and config["device"] != "cpu"
 
     def mem(wildcards):
-        return max(mem_for(_Cell(wildcards, m, 0)) for m in methods)
+        return max(cell_mem(m, wildcards.dataset) for m in methods)
 
     def runtime(wildcards):
-        return len(config["seeds"]) * sum(runtime_for(_Cell(wildcards, m, k))
+        return len(config["seeds"]) * sum(cell_runtime(m, wildcards.dataset, k)
                                           for m in methods for k in batch_shots(protocol))
 
     return 4 if image else 1, 1 if image else 0, mem, runtime
-
-
-class _Cell:
-    """The wildcards of one (method, shots) cell of a batched job, as `fit` sees them."""
-
-    def __init__(self, wildcards, method, shots):
-        self.protocol, self.dataset, self.method, self.shots = wildcards.protocol, wildcards.dataset, method, shots
-
-    def keys(self):
-        return ["protocol", "dataset", "method", "shots"]
 
 
 def _method_args(wildcards, methods=None):
@@ -243,18 +233,26 @@ def threads_for(wildcards):
 
 
 def mem_for(wildcards):
-    mem, _ = METHOD_RESOURCES.get(wildcards.method, (16000 if wildcards.method in IMAGE_METHODS else 4000, 0))
-    return mem * 2 if wildcards.dataset == "imagenet" else mem
+    return cell_mem(wildcards.method, wildcards.dataset)
 
 
 def runtime_for(wildcards):
-    _, minutes = METHOD_RESOURCES.get(wildcards.method, (0, 240 if wildcards.method in IMAGE_METHODS else 15))
-    if wildcards.dataset == "imagenet":
+    return cell_runtime(wildcards.method, wildcards.dataset, int(wildcards.shots))
+
+
+def cell_mem(method, dataset):
+    mem, _ = METHOD_RESOURCES.get(method, (16000 if method in IMAGE_METHODS else 4000, 0))
+    return mem * 2 if dataset == "imagenet" else mem
+
+
+def cell_runtime(method, dataset, shots):
+    _, minutes = METHOD_RESOURCES.get(method, (0, 240 if method in IMAGE_METHODS else 15))
+    if dataset == "imagenet":
         minutes *= 4
-    elif wildcards.dataset in IMAGENET_LIKE:
+    elif dataset in IMAGENET_LIKE:
         minutes *= 2
-    if wildcards.method in IMAGE_METHODS and "shots" in wildcards.keys():
-        minutes = minutes * (1 + int(wildcards.shots)) // 8 + minutes // 2  # training time grows with K
+    if method in IMAGE_METHODS:
+        minutes = minutes * (1 + int(shots)) // 8 + minutes // 2  # training time grows with K
     return minutes
 
 
