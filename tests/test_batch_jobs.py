@@ -42,6 +42,24 @@ def test_several_methods_run_in_one_process_as_they_do_alone(tmp_path, fixture_r
     assert batched["top1"] == alone["top1"] and batched["hparams"] == alone["hparams"]
 
 
+def test_a_cell_trains_the_same_first_in_its_process_or_after_another(tmp_path, fixture_root, cli):
+    """The first cell of a process loads the backbone (open_clip initialises it randomly before
+    loading weights): that must not shift the random stream its prompts and batches come from."""
+    from official_ref import checkpoint
+
+    from fewclip.engine import run
+
+    args = ["--backbone", "fewclip-ref-vit", "--pretrained", checkpoint("vit"), "--device", "cpu", "--data-root",
+            fixture_root, "--features", tmp_path / "features", "--dataset", "dtd", "--shots", 1, "--seed", 1,
+            "--set", "epochs=1"]  # a local checkpoint: open_clip initialises the model randomly, then loads it
+    run._cached_backbone.cache_clear()  # this test process may have loaded it already
+    cli("run", *args, "--method", "coop", "--out", tmp_path / "alone", check=True)
+    cli("run", *args, "--method", "vpt", "coop", "--out", tmp_path / "after/{method}", check=True)
+    alone, after = _metrics(tmp_path / "alone"), _metrics(tmp_path / "after/coop")
+    assert after["train"]["final_loss"] == alone["train"]["final_loss"]
+    assert after["top1"] == alone["top1"]
+
+
 def test_an_unscoped_set_applies_to_every_method_and_a_scoped_one_wins(tmp_path, fixture_root, cli):
     from fewclip.commands import parse_overrides
 

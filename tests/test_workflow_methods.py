@@ -1,5 +1,5 @@
-"""All 10 methods through the Snakemake grid on a fixture (one job per cell), and the cheap
-cells batched into one process per (protocol, backbone, dataset, method) give the same results."""
+"""All 10 methods through the Snakemake grid on a fixture (one job per cell), and the cells
+batched into one process per (protocol, backbone, dataset) and side give the same results."""
 
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ def test_every_method_runs_in_the_snakemake_grid(tmp_path, fixture_root):
         if m in ("coop", "cocoop", "vpt", "vlp", "dpt", "clip_adapter", "tip_adapter_f"):
             assert metrics["epochs"] == 1 and metrics["trainable_params"] > 0
     batched = _run(tmp_path / "batched", fixture_root, batch=True)
-    for m in METHODS:
+    for m in METHODS:  # the tiny random model's top-1 is coarse: the training loss is the sharp check
         assert batched[m]["top1"] == per_cell[m]["top1"], m
         assert batched[m]["hparams"] == per_cell[m]["hparams"], m
+        assert batched[m].get("train") == per_cell[m].get("train"), m

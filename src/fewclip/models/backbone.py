@@ -99,7 +99,9 @@ def is_local_file(pretrained: str) -> bool:
 
 def load_backbone(name: str, pretrained: str = "openai", device: str | torch.device = "cpu",
                   cache_dir: str | None = None) -> Backbone:
-    """Create an open_clip model in eval mode with its weights; errors are one clear message."""
+    """Create an open_clip model in eval mode with its weights; errors are one clear message.
+    Loading never draws from the caller's random stream (open_clip initialises randomly first):
+    a cell gives the same result whether it loads the backbone or finds it cached."""
     register_package_models()
     import open_clip
 
@@ -121,9 +123,10 @@ def load_backbone(name: str, pretrained: str = "openai", device: str | torch.dev
         if not path.is_file():
             raise FewclipError(f"checkpoint file not found: {path}; pass an existing file to --pretrained")
         try:
-            model = open_clip.create_model(
-                name, pretrained=str(path), device="cpu", force_quick_gelu=needs_quick_gelu(name, str(path))
-            )
+            with torch.random.fork_rng(devices=[]):  # the random init before the weights: not the caller's stream
+                model = open_clip.create_model(
+                    name, pretrained=str(path), device="cpu", force_quick_gelu=needs_quick_gelu(name, str(path))
+                )
         except RuntimeError as err:
             raise FewclipError(
                 f"checkpoint {path} does not fit backbone '{name}': {str(err).splitlines()[0]}; "
@@ -139,8 +142,9 @@ def load_backbone(name: str, pretrained: str = "openai", device: str | torch.dev
                 "or a local checkpoint file, or 'none' for a random init"
             )
         try:
-            model = open_clip.create_model(name, pretrained=pretrained, device="cpu", cache_dir=cache_dir,
-                                           force_quick_gelu=needs_quick_gelu(name, pretrained))
+            with torch.random.fork_rng(devices=[]):
+                model = open_clip.create_model(name, pretrained=pretrained, device="cpu", cache_dir=cache_dir,
+                                               force_quick_gelu=needs_quick_gelu(name, pretrained))
         except RuntimeError as err:
             where = cache_dir or os.environ.get("HF_HUB_CACHE") or "~/.cache/huggingface/hub (or ~/.cache/clip)"
             raise FewclipError(
