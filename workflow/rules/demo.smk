@@ -4,7 +4,7 @@
 
 
 rule pretrain_demo:
-    """Pretrain the demo's micro-CLIP (CPU, about two minutes on 2 cores)."""
+    """Pretrain the demo's micro-CLIP (CPU, about a minute on 2 cores)."""
     output:
         ckpt="results/demo/micro_clip.pt",
     params:
