@@ -84,23 +84,9 @@ def test_bad_multi_method_runs_are_refused_before_anything_is_written(tmp_path, 
         assert not (tmp_path / "r").exists() and not (tmp_path / "features").exists()
 
 
-def test_the_demo_runs_each_cell_once_in_one_job_per_protocol_dataset_and_side(tmp_path):
-    """The demo's dry run: 14 batched fit jobs (7 (protocol, dataset) pairs × image/feature side),
-    and together they run every planned cell exactly once, with its planned digest."""
-    from fewclip.plan import check_config, plan, read_config
-
-    demo = check_config(read_config([], workdir=REPO))
-    planned = {(c.cell.protocol, c.cell.dataset, c.cell.method, c.cell.shots, c.cell.seed): c.hparams_sha
-               for c in plan(demo)}
-    image_methods = set(demo["image_methods"])
-    (tmp_path / "config").mkdir()
-    shutil.copy(REPO / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
-    rc, out = snakemake("-n", "-p", "--directory", tmp_path, timeout=300)
-    assert rc == 0, out[-4000:]
-    stats = job_stats(out)
-    batch = {r: n for r, n in stats.items() if r.startswith("fit_batch")}
-    assert sum(batch.values()) == 14 and set(batch) == {
-        f"fit_batch_{p}_micro_{side}" for p in ("fewshot", "base2new", "dg") for side in ("images", "features")}
+def _batched_cells(out: str, image_methods: set) -> dict:
+    """{(protocol, backbone, dataset, method, shots, seed): digest} of the `fewclip run` commands
+    of a dry run (`-p`); each job's methods are on one side, each cell is run once."""
     ran = {}
     for line in re.findall(r"fewclip run .*$", out, flags=re.M):
         argv = shlex.split(line.split(" > ")[0])[2:]
@@ -116,9 +102,50 @@ def test_the_demo_runs_each_cell_once_in_one_job_per_protocol_dataset_and_side(t
         cells = [(m, int(k), int(s)) for m in methods for k in opts["--shots"] for s in opts["--seed"]]
         assert len(cells) == len(opts["--expect-hparams"])
         for (m, k, s), sha in zip(cells, opts["--expect-hparams"]):
-            cell = (opts["--protocol"][0], opts["--dataset"][0], m, k, s)
+            cell = (opts["--protocol"][0], opts["--backbone-key"][0], opts["--dataset"][0], m, k, s)
             assert cell not in ran, cell
             ran[cell] = sha
         for pair in opts.get("--set", []):
             assert pair.split(".")[0] in methods, pair  # each method's own method_params
-    assert ran == planned
+    return ran
+
+
+def _planned(config: dict) -> dict:
+    from fewclip.plan import plan
+
+    return {(c.cell.protocol, c.cell.backbone, c.cell.dataset, c.cell.method, c.cell.shots, c.cell.seed): c.hparams_sha
+            for c in plan(config)}
+
+
+def test_the_demo_runs_each_cell_once_in_one_job_per_protocol_dataset_and_side(tmp_path):
+    """The demo's dry run: 14 batched fit jobs (7 (protocol, dataset) pairs × image/feature side),
+    and together they run every planned cell exactly once, with its planned digest."""
+    from fewclip.plan import check_config, read_config
+
+    demo = check_config(read_config([], workdir=REPO))
+    (tmp_path / "config").mkdir()
+    shutil.copy(REPO / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
+    rc, out = snakemake("-n", "-p", "--directory", tmp_path, timeout=300)
+    assert rc == 0, out[-4000:]
+    stats = job_stats(out)
+    batch = {r: n for r, n in stats.items() if r.startswith("fit_batch")}
+    assert sum(batch.values()) == 14 and set(batch) == {
+        f"fit_batch_{p}_micro_{side}" for p in ("fewshot", "base2new", "dg") for side in ("images", "features")}
+    assert _batched_cells(out, set(demo["image_methods"])) == _planned(demo)
+
+
+def test_the_paper_grid_batched_runs_each_of_its_cells_once(tmp_path, fixture_root):
+    """batch_cells on the paper config: one rule per (protocol, backbone, side), backbone names
+    with dashes included, and every one of the 2,232 cells once with its planned digest."""
+    from fewclip.plan import check_config, read_config
+
+    overrides = {"data_root": str(fixture_root), "batch_cells": True}
+    paper = check_config(read_config([REPO / "config" / "paper.yaml"], overrides))
+    rc, out = snakemake("-n", "-p", "--configfile", REPO / "config" / "paper.yaml", "--config",
+                        f"data_root={fixture_root}", "batch_cells=True", "--directory", tmp_path, timeout=300)
+    assert rc == 0, out[-4000:]
+    stats = job_stats(out)
+    assert "fit" not in stats and "fit_gpu" not in stats
+    assert stats["fit_batch_fewshot_ViT_B_32_images"] == 11 and stats["fit_batch_dg_ViT_B_16_images"] == 1
+    ran = _batched_cells(out, set(paper["image_methods"]))
+    assert len(ran) == 2232 and ran == _planned(paper)
