@@ -155,15 +155,18 @@ class ImageItems(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.items)
 
+    def seed(self, i: int, item) -> int | None:
+        """The seed of image i's augmentation (None: a deterministic transform)."""
+        return None if self.view is None else zlib.crc32(item.path.encode()) * 1009 + self.view + VIEW_SEED
+
     def __getitem__(self, i):
         from ..data.images import load_image_cached
         from ..data.transforms import apply_seeded
 
         item = self.items[i]
         image = load_image_cached(self.dataset.abspath(item))
-        if self.view is None:
-            return self.transform(image), item.label
-        return apply_seeded(self.transform, image, zlib.crc32(item.path.encode()) * 1009 + self.view + VIEW_SEED), item.label
+        seed = self.seed(i, item)
+        return (self.transform(image) if seed is None else apply_seeded(self.transform, image, seed)), item.label
 
 
 def encode_items(backbone, dataset, items, transform, batch_size: int = 128, workers: int = 0,

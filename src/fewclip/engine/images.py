@@ -21,30 +21,21 @@ import torch
 
 from ..data.datasets import Dataset, Item, get_spec
 from ..methods import ClassSet, Method
-from .features import FeatureStore
+from .features import FeatureStore, ImageItems
 
 EVAL_BATCH = 100  # Dassl's test batch size
 
 
-class _Images(torch.utils.data.Dataset):
+class _Images(ImageItems):
     """(image, label) of `items` through `transform`; with `aug_seed`, image i's random
     augmentation is drawn under the seed (aug_seed, i)."""
 
     def __init__(self, dataset: Dataset, items: list[Item], transform, aug_seed: int | None = None):
-        self.dataset, self.items, self.transform, self.aug_seed = dataset, items, transform, aug_seed
+        super().__init__(dataset, items, transform)
+        self.aug_seed = aug_seed
 
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        from ..data.images import load_image_cached
-        from ..data.transforms import apply_seeded
-
-        item = self.items[i]
-        image = load_image_cached(self.dataset.abspath(item))
-        if self.aug_seed is None:
-            return self.transform(image), item.label
-        return apply_seeded(self.transform, image, self.aug_seed * 1_000_003 + i), item.label
+    def seed(self, i: int, item) -> int | None:
+        return None if self.aug_seed is None else self.aug_seed * 1_000_003 + i
 
 
 @dataclass
