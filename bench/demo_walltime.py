@@ -7,7 +7,9 @@ With --make it times `make demo` itself in the folder: `make setup` (the venv in
 workflow through make with the folder's own venv; without, the workflow with this Python's.
 Prints the wall time, the time per rule (from Snakemake's benchmark files) and, per check,
 whether it holds: zero-shot ≥ 2× chance on every demo dataset; at 16 shots each trained method
-vs zero-shot on the source; zero-shot on every DG target below the source.
+vs zero-shot on the source; zero-shot on every DG target below the source. Without --keep the
+temporary clone (about 6 GB with --make's venv) is removed after a successful run; a failed one
+is left in place, with its log under logs/.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -84,6 +87,8 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"wall_s": wall, "install_s": install, "per_rule_s": per_rule,
                                                "checks": [{"check": c, "ok": bool(ok)} for c, ok in checks]}, indent=2))
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -9,7 +9,9 @@ tower; its text tower is the ViT file's) and one file per method. `backbone("vit
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -37,11 +39,14 @@ def _vit_state() -> dict:
 @functools.lru_cache(maxsize=None)
 def checkpoint(kind: str = "vit") -> Path:
     """A local checkpoint file of the tiny CLIP, written once per session into a temp folder
-    (the ViT with its full token embedding; the ResNet's visual tower with the ViT's text tower)."""
+    (the ViT with its full token embedding; the ResNet's visual tower with the ViT's text tower),
+    removed when the process exits."""
     vit = _vit_state()
     state = vit if kind == "vit" else {k: v for k, v in vit.items() if not k.startswith("visual.")} | torch.load(
         DATA / "clip_tiny_rn_visual.pt", weights_only=True)
-    path = Path(tempfile.mkdtemp(prefix="fewclip-ref-")) / f"clip_tiny_{kind}.pt"
+    folder = Path(tempfile.mkdtemp(prefix="fewclip-ref-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = folder / f"clip_tiny_{kind}.pt"
     torch.save(state, path)
     return path
 
