@@ -1,7 +1,10 @@
 """Issue 18: what a researcher sees in reports/ — honest headers, readable tables and figures, README first."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +127,22 @@ def test_figure_workers_write_the_same_bytes(tmp_path):
     assert figures
     for name in rel(serial, tmp_path / "serial"):
         assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "pooled" / name).read_bytes(), name
+
+
+def test_report_bytes_do_not_depend_on_the_hash_seed(built, tmp_path):
+    """`dvc repro` reruns the report in a new process: every file must come out the same whatever
+    the process's string hash seed (scikit-posthocs draws crossbars through sets of names). The
+    fixture's report was built in this process; it is built again with another seed."""
+    root, runs, built_out = built
+    own = os.environ.get("PYTHONHASHSEED", "")
+    seed = str(int(own) + 1) if own.isdigit() else "1"  # unset/random here: any fixed seed differs
+    out = tmp_path / "reports"
+    code = ("import sys; from fewclip.cli import main; sys.exit(main(['report', '--table', sys.argv[1], "
+            "'--runs', sys.argv[2], '--out', sys.argv[3], '--n-resamples', '100']))")
+    subprocess.run([sys.executable, "-c", code, str(root / "results" / "all_runs.parquet"), str(runs), str(out)],
+                   check=True, env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True)
+    files = [{p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+             for d in (built_out, out)]
+    assert any(name.startswith("figures/cd_") for name in files[0]), sorted(files[0])
+    assert files[0].keys() == files[1].keys()
+    assert [name for name in files[0] if files[0][name] != files[1][name]] == []

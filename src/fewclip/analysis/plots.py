@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..io import atomic_path
@@ -81,7 +82,14 @@ def cd_diagram(stem: Path, ranks: pd.Series, pvalues: pd.DataFrame, title: str) 
     import scikit_posthocs as sp
 
     fig, ax = plt.subplots(figsize=(7, 0.6 + 0.3 * len(ranks)))
-    sp.critical_difference_diagram(ranks, pvalues, ax=ax)
+    drawn = sp.critical_difference_diagram(ranks, pvalues, ax=ax)
+    # scikit-posthocs draws each crossbar through a set of methods in the set's order, which follows
+    # the process's string hash seed; the same line drawn left to right keeps the files byte-stable
+    for lines in drawn["crossbars"]:
+        for line in lines:
+            x, y = (np.asarray(v) for v in line.get_data())
+            order = np.argsort(x, kind="stable")
+            line.set_data(x[order], y[order])
     ax.set_title(title)
     paths = _save(fig, stem)
     plt.close(fig)
