@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
 
-    from fewclip.data import images as images_mod
+    from fewclip.data.images import clear_image_cache
     from fewclip.data.fixtures import write_fixture
     from fewclip.engine.run import RunSpec, _cached_backbone, run_cell
     from fewclip.methods import get_method
@@ -110,19 +110,15 @@ def main(argv=None) -> int:
             run_cell(spec(m, args.shots[0], args.seeds[0], warm / "runs" / m, warm / "features"))
         shutil.rmtree(warm)
 
-        def forget_decoded_images():
-            images_mod._cache.clear()
-            images_mod._cached_bytes = 0
-
         def grid(mode):
             calls.update(images=0, batches=0, encode_s=0.0)
             per_method = {m: 0.0 for m in args.methods}
             root = tmp / mode
-            forget_decoded_images()  # the warm-up's
+            clear_image_cache()  # the warm-up's
             t = time.perf_counter()
             for i, (m, k, s) in enumerate(cells):
                 if mode == "B":
-                    forget_decoded_images()  # the official code starts a process per run
+                    clear_image_cache()  # the official code starts a process per run
                 features = root / "features" if mode == "A" else root / f"features_{i}"
                 out = root / "runs" / f"{m}_{k}shot_seed{s}"
                 t_run = time.perf_counter()

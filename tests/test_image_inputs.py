@@ -54,6 +54,8 @@ def test_decoded_images_are_kept_up_to_the_budget(tmp_path, monkeypatch):
     b = images_mod.load_image_cached(paths[1])
     assert images_mod.load_image_cached(paths[1]) is not b  # no room: decoded again, never evicting
     assert set(images_mod._cache) == {str(first)} and images_mod._cached_bytes == size
+    images_mod.clear_image_cache()  # what a fresh process starts with
+    assert images_mod._cache == {} and images_mod._cached_bytes == 0 and images_mod.load_image_cached(first) is not a
 
 
 def test_a_cached_image_survives_the_transforms_unchanged(tmp_path, monkeypatch):

@@ -62,3 +62,10 @@ def load_image_cached(path: str | os.PathLike) -> Image.Image:
             _cache[key] = image
             _cached_bytes += size
     return image
+
+
+def clear_image_cache() -> None:
+    """Forget every decoded image (what a fresh process starts with)."""
+    global _cached_bytes
+    _cache.clear()
+    _cached_bytes = 0
