@@ -1,0 +1,20 @@
+"""Names and limits shared by the engine, the registry, the planner and the command line
+(each defined once; nothing here imports the rest of fewclip)."""
+
+from __future__ import annotations
+
+# The evaluation protocols (DESIGN.md): few-shot, CoCoOp's base-to-new, ImageNet → variants.
+PROTOCOLS = ("fewshot", "base2new", "dg")
+
+# Hyper-parameter presets: "clean" (one rule for every dataset) and "official" (the papers' code).
+PRESETS = ("clean", "official")
+
+# What every RNG fewclip seeds (random, torch, numpy) accepts.
+MAX_SEED = 2**32 - 1
+
+# Device names a run accepts: these, or cuda:N.
+DEVICE_NAMES = ("auto", "cpu", "cuda")
+
+# The precisions the engine trains in: "auto" = bf16/fp16 autocast over fp32 weights on a GPU,
+# fp32 on a CPU; "amp" = fp16 autocast + GradScaler; "fp16" = the official code's pure half.
+PRECISIONS = ("auto", "fp32", "bf16", "amp", "fp16")
