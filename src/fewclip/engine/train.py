@@ -33,7 +33,7 @@ import torch
 
 from ..errors import ConfigError, FewclipError
 from ..io import atomic_path, torch_load
-from ..methods import PRECISIONS  # the one list, shared with hyper-parameter validation
+from ..constants import PRECISIONS
 
 
 @dataclass

@@ -26,10 +26,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..constants import PRECISIONS, PRESETS, PROTOCOLS
 from ..errors import ConfigError
 
 REGISTRY: dict[str, type["Method"]] = {}
-PROTOCOLS = ("fewshot", "base2new", "dg")
+# One cell's memory (MB) and run time (minutes) when a method declares none.
+RESOURCE_DEFAULTS = {"features": {"mem_mb": 4000, "runtime": 15}, "images": {"mem_mb": 16000, "runtime": 240}}
 
 
 class NotApplicable(Exception):
@@ -58,10 +60,19 @@ class Method(nn.Module):
     trains: ClassVar[bool] = False
     hparams: ClassVar[dict[str, Any]] = {}
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    # What one cell needs on the paper's hardware, on a dataset of CoOp's size (the workflow scales it
+    # for ImageNet-sized ones): {"mem_mb": MB, "runtime": minutes}. Keys left out take the defaults of
+    # the method's side (`RESOURCE_DEFAULTS`).
+    resources: ClassVar[dict[str, int]] = {}
 
     def __init__(self, hp: dict[str, Any]):
         super().__init__()
         self.hp = dict(hp)
+
+    @classmethod
+    def resource_needs(cls) -> dict[str, int]:
+        """{"mem_mb", "runtime"} of one cell: the class's `resources` over its side's defaults."""
+        return {**RESOURCE_DEFAULTS[cls.needs], **cls.resources}
 
     @classmethod
     def defaults_for(cls, dataset: str, shots: int, preset: str, protocol: str = "fewshot") -> dict[str, Any]:
@@ -132,13 +143,18 @@ def get_method(name: str) -> type[Method]:
     return methods[name]
 
 
+def image_methods() -> list[str]:
+    """The registered methods that train through the image encoder (`needs = "images"`)."""
+    return sorted(name for name, cls in load_all().items() if cls.needs == "images")
+
+
 def resolve_hparams(cls: type[Method], dataset: str, shots: int, preset: str,
                     overrides: dict[str, Any] | None = None, protocol: str = "fewshot") -> dict[str, Any]:
     """defaults < per-cell rules < preset < user overrides; unknown keys and wrong types are errors.
 
     The one place settings are resolved: `fewclip run` records its result under `hparams`, and
     `fewclip plan` (what the workflow will run) prints the same dict."""
-    if preset not in ("clean", "official"):
+    if preset not in PRESETS:
         raise ConfigError(f"unknown preset '{preset}'; use 'clean' or 'official'")
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol '{protocol}'; valid: {', '.join(PROTOCOLS)}")
@@ -173,12 +189,6 @@ POSITIVE_FLOATS = ("lr", "text_lr", "eps")
 NON_NEGATIVE_FLOATS = ("warmup_lr", "weight_decay", "guidance_weight", "init_std", "alpha", "beta_max",
                        "alpha_max", "init_alpha", "init_beta")
 UNIT_FLOATS = {"momentum": (0.0, 1.0), "ratio": (0.0, 1.0), "crop_scale_min": (0.0, 1.0)}
-
-
-# The precisions the engine trains in (fewclip.engine.train reads them from here: nothing imports
-# upward): "auto" = bf16/fp16 autocast over fp32 weights on a GPU, fp32 on a CPU; "amp" = fp16
-# autocast + GradScaler; "fp16" = the official code's pure half training.
-PRECISIONS = ("auto", "fp32", "bf16", "amp", "fp16")
 
 
 def _choices() -> dict[str, tuple[str, ...]]:

@@ -68,6 +68,7 @@ class SideAdapters(nn.Module):
 @register
 class CLIPAdapter(Method):
     name = "clip_adapter"
+    resources = {"mem_mb": 4000, "runtime": 15}  # one cell, paper GPUs (workflow scales for ImageNet)
     needs = "features"
     trains = True
     hparams = {"views": 10, "side": "visual", "ratio": 0.2, "reduction": 4, "select_ratio": False,

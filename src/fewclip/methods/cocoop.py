@@ -23,6 +23,7 @@ EVAL_PROMPTS = 8192  # images × classes encoded at once while evaluating (memor
 @register
 class CoCoOp(CoOp):
     name = "cocoop"
+    resources = {"mem_mb": 24000, "runtime": 480}  # one cell, paper GPUs (workflow scales for ImageNet)
     hparams = {
         "n_ctx": 4, "ctx_init": "a photo of a", "csc": False, "class_token_position": "end", "init_std": 0.02,
         "epochs": 10, "lr": 0.002, "batch_size": 1, "warmup_epochs": 1, **SGD_DEFAULTS,

@@ -96,6 +96,7 @@ class PromptMethod(Method):
 @register
 class CoOp(PromptMethod):
     name = "coop"
+    resources = {"mem_mb": 16000, "runtime": 120}  # one cell, paper GPUs (workflow scales for ImageNet)
     hparams = {
         "n_ctx": 16, "ctx_init": "", "csc": False, "class_token_position": "end", "init_std": 0.02,
         "epochs": 200, "lr": 0.002, "batch_size": 32, "warmup_epochs": 1, **SGD_DEFAULTS,

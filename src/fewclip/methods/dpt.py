@@ -32,6 +32,7 @@ from ._vl import VL_HPARAMS, VisionLanguagePrompts
 @register
 class DPT(VisionLanguagePrompts):
     name = "dpt"
+    resources = {"mem_mb": 20000, "runtime": 240}  # one cell, paper GPUs (workflow scales for ImageNet)
     hparams = {**VL_HPARAMS, "cavpt": True, "cavpt_layers": 1, "cavpt_classes": 10, "cavpt_qk_dim": 32,
                "cavpt_kv_tokens": 10, "alpha": 0.3}
 

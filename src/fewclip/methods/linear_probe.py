@@ -91,6 +91,7 @@ def torch_head(clf, n_classes: int, dim: int) -> tuple[torch.Tensor, torch.Tenso
 @register
 class LinearProbe(Method):
     name = "linear_probe"
+    resources = {"mem_mb": 4000, "runtime": 10}  # one cell, paper GPUs (workflow scales for ImageNet)
     needs = "features"
     hparams = {"search_steps": 8, "fit_on": "normalised"}
     presets = {"official": {"fit_on": "raw"}}  # lpclip fits the raw encoder output

@@ -108,6 +108,7 @@ class _Cache(Method):
 @register
 class TipAdapter(_Cache):
     name = "tip_adapter"
+    resources = {"mem_mb": 4000, "runtime": 5}  # one cell, paper GPUs (workflow scales for ImageNet)
     hparams = {"views": 10, "init_beta": 1.0, "search": True, "templates": "dataset"}
 
     @classmethod
@@ -123,6 +124,7 @@ class TipAdapter(_Cache):
 @register
 class TipAdapterF(_Cache):
     name = "tip_adapter_f"
+    resources = {"mem_mb": 6000, "runtime": 20}  # one cell, paper GPUs (workflow scales for ImageNet)
     trains = True
     hparams = {"views": 10, "init_beta": 1.0, "search": True, "templates": "dataset", "epochs": 20, "lr": 0.001,
                "optimizer": "adamw", "eps": 1e-4, "weight_decay": 0.01, "schedule": "cosine_iter",

@@ -12,5 +12,6 @@ from ._vl import VL_HPARAMS, VisionLanguagePrompts
 @register
 class VLP(VisionLanguagePrompts):
     name = "vlp"
+    resources = {"mem_mb": 20000, "runtime": 240}  # one cell, paper GPUs (workflow scales for ImageNet)
     hparams = dict(VL_HPARAMS)
     use_cavpt = False

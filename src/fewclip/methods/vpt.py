@@ -41,6 +41,7 @@ class VisualPromptMixin:
 @register
 class VPT(VisualPromptMixin, PromptMethod):
     name = "vpt"
+    resources = {"mem_mb": 16000, "runtime": 180}  # one cell, paper GPUs (workflow scales for ImageNet)
     hparams = {
         "n_prompts": 10, "init_std": 0.02, "epochs": 100, "lr": 0.01, "batch_size": 32, "warmup_epochs": 10,
         **SGD_DEFAULTS,

@@ -9,6 +9,7 @@ from . import ClassSet, Method, register
 @register
 class ZeroShot(Method):
     name = "zeroshot"
+    resources = {"mem_mb": 2000, "runtime": 5}  # one cell, paper GPUs (workflow scales for ImageNet)
     needs = "features"
     # "dataset": the dataset's template (SPEC §4); "ensemble7": the 7-template ImageNet
     # ensemble; "openai80": CLIP's 80 templates. Text features come from the feature store.
