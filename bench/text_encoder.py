@@ -66,7 +66,7 @@ def text_call(method, classes, f):
     if method.name == "cocoop":
         return lambda: encode_prompts(method.prompt, bank, method.prompt.ctx.unsqueeze(0)
                                       + method.meta_net(f).unsqueeze(1), per_image=True)
-    return lambda: encode_prompts(method.prompt, bank, class_index=method._class_index(classes))
+    return lambda: encode_prompts(method.prompt, bank, class_index=method.class_index(classes))
 
 
 def positions_and_flops(method, classes, f):

@@ -12,6 +12,7 @@ from PIL import Image
 from fewclip.data import demo
 from fewclip.data.datasets import DATASETS, DEMO_DATASETS, BENCHMARK_DATASETS, load_dataset
 from fewclip.errors import ConfigError
+from fewclip.methods._tip import TIP_CONFIG
 
 SOURCE = "demo_shapes"
 TARGETS = ("demo_shapes_v2", "demo_shapes_sketch", "demo_shapes_a", "demo_shapes_r")
@@ -49,7 +50,7 @@ def test_registry_keeps_paper_datasets_first():
     for name in DEMO_DATASETS:
         spec = DATASETS[name]
         assert "fewclip generate demo" in spec.source
-        assert (spec.tip_init_alpha is None) == (name in TARGETS)
+        assert (name in TIP_CONFIG) != (name in TARGETS)  # Tip-Adapter's per-dataset values: sources only
 
 
 def test_world_is_read_by_the_real_readers(world):
@@ -136,10 +137,10 @@ def test_pretraining_is_deterministic(tmp_path):
 
 
 def test_pretrain_demo_verb(tmp_path, capsys):
-    from fewclip import demo_commands
+    from fewclip.cli import data as data_verbs
 
     parser = argparse.ArgumentParser()
-    demo_commands.register(parser.add_subparsers(dest="verb"))
+    data_verbs.register(parser.add_subparsers(dest="verb"))
     out = tmp_path / "sub" / "ckpt.pt"
     args = parser.parse_args(["pretrain-demo", "--out", str(out), "--steps", "2", "--batch-size", "8"])
     assert args.func(args) == 0

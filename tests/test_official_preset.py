@@ -162,10 +162,10 @@ def test_coop_logits_loss_gradients(vit, variant):
     images, labels = r["images"], r["labels"]
     logits = method.logits(images, classes)
     close(logits.detach(), v["logits"], TOL, relative_to_max=True)
-    from fewclip.methods.coop import encode_prompts
+    from fewclip.models.prompts import encode_prompts
 
     with torch.no_grad():
-        close(encode_prompts(method.prompt, bank, class_index=method._class_index(classes)), v["text_features"], TOL)
+        close(encode_prompts(method.prompt, bank, class_index=method.class_index(classes)), v["text_features"], TOL)
     loss = method.loss((images, labels), epoch=1)
     assert abs(loss.item() - v["loss"]) <= TOL
     loss.backward()
@@ -456,7 +456,7 @@ def test_lpclip_c_search_accuracy_predictions(run):
                        get_spec("dtd"))
     m = cls(hp)
     info = m.setup(task)
-    assert info["fit_on"] == "raw" and m.reads_raw
+    assert info["fit_on"] == "raw" and m.data_needs().reads_raw
     pred = m.logits(test_f.raw, classes).argmax(-1)
     acc = 100.0 * (pred == test_f.labels).float().mean().item()
     if sklearn.__version__ == r["versions"]["sklearn"]:
@@ -480,7 +480,7 @@ def test_linear_probe_clean_fits_normalised_features():
     cls = get_method("linear_probe")
     assert resolve_hparams(cls, "dtd", 4, "clean")["fit_on"] == "normalised"
     assert resolve_hparams(cls, "dtd", 4, "official")["fit_on"] == "raw"
-    assert not cls(resolve_hparams(cls, "dtd", 4, "clean")).reads_raw
+    assert not cls(resolve_hparams(cls, "dtd", 4, "clean")).data_needs().reads_raw
 
 
 # ---------------------------------------------------------------------------- precision (SPEC §2.2)
@@ -526,11 +526,10 @@ def test_pure_fp16_coop_mechanics_on_cpu(vit):
         seen["lr"] = opt.param_groups[0]["lr"]
 
     # the half model's own gradient at the start, for the expected SGD step
-    from fewclip.engine.train import make_half
 
     twin, _ = _prompt_method(vit, "coop", r["class_names"])
     _load_official(twin, v["params"])
-    make_half(twin)
+    twin.to_half()
     twin.train()
     loss = twin.loss((images.half(), labels), 0)
     assert loss.dtype == torch.float16 and abs(loss.item() - v["loss"]) < 0.02
@@ -634,13 +633,12 @@ def test_half_method_is_evaluated_on_half_images(vit, monkeypatch):
     from fewclip.data.datasets import Item
     from fewclip.engine import images as images_mod
     from fewclip.engine.images import ImageInputs, ImageSet
-    from fewclip.engine.train import make_half
 
     r = ref("coop")
     v = r["variants"]["rand16_end"]
     method, classes = _prompt_method(vit, "coop", r["class_names"])
     _load_official(method, v["params"])
-    make_half(method)
+    method.to_half()
     monkeypatch.setattr(images_mod._Images, "__getitem__", lambda self, i: (r["images"][i], 0))
     # the official images are model inputs already: collated as they are, not normalised again
     monkeypatch.setattr(transforms, "collate_normalized", torch.utils.data.default_collate)

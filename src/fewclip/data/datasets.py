@@ -58,8 +58,6 @@ class DatasetSpec:
     kind: str  # split_json | imagenet | fgvc | imagenet_v2 | imagenet_wnid | imagenet_subset
     image_dir: str  # relative to folder ("" = split paths are relative to folder itself)
     split_file: str  # relative to folder: split JSON, classnames.txt or variants.txt
-    tip_init_alpha: float | None
-    tip_search_scale: tuple[float, float] | None  # (beta_max, alpha_max)
     source: str  # where the files come from
 
     def expected_paths(self, root: Path) -> list[Path]:
@@ -74,16 +72,16 @@ class DatasetSpec:
         return paths
 
 
-def _split_json(name, title, folder, image_dir, split_file, template, alpha, scale, images_from):
+def _split_json(name, title, folder, image_dir, split_file, template, images_from):
     return DatasetSpec(
-        name, title, folder, template, "split_json", image_dir, split_file, alpha, scale,
+        name, title, folder, template, "split_json", image_dir, split_file,
         source=f"{image_dir or 'images'}: {images_from}; {SPLIT_JSON_HINT}",
     )
 
 
 def _target(name, title, folder, image_dir, kind, images_from):
     return DatasetSpec(
-        name, title, folder, "a photo of a {}.", kind, image_dir, "classnames.txt", None, None,
+        name, title, folder, "a photo of a {}.", kind, image_dir, "classnames.txt",
         source=f"{image_dir}: {images_from}; {CLASSNAMES_HINT}",
     )
 
@@ -91,42 +89,42 @@ def _target(name, title, folder, image_dir, kind, images_from):
 _SPECS = [
     DatasetSpec(
         "imagenet", "ImageNet", "imagenet", "a photo of a {}.", "imagenet", "images",
-        "classnames.txt", 1.17, (7, 3),
+        "classnames.txt",
         source="images/train, images/val: ILSVRC2012 from image-net.org (val sorted into wnid "
         f"folders); {CLASSNAMES_HINT}",
     ),
     _split_json("caltech101", "Caltech101", "caltech-101", "101_ObjectCategories",
-                "split_zhou_Caltech101.json", "a photo of a {}.", 3, (12, 5),
+                "split_zhou_Caltech101.json", "a photo of a {}.",
                 "101_ObjectCategories.tar.gz from data.caltech.edu"),
     _split_json("oxford_pets", "OxfordPets", "oxford_pets", "images",
-                "split_zhou_OxfordPets.json", "a photo of a {}, a type of pet.", 1.17, (7, 3),
+                "split_zhou_OxfordPets.json", "a photo of a {}, a type of pet.",
                 "images.tar.gz from robots.ox.ac.uk/~vgg/data/pets"),
     _split_json("stanford_cars", "StanfordCars", "stanford_cars", "",
-                "split_zhou_StanfordCars.json", "a photo of a {}.", 3, (20, 10),
+                "split_zhou_StanfordCars.json", "a photo of a {}.",
                 "cars_train/ and cars_test/ (official Stanford links are dead: mirrors in "
                 "KaiyangZhou/CoOp#61 and pytorch/vision#7545)"),
     _split_json("oxford_flowers", "Flowers102", "oxford_flowers", "jpg",
-                "split_zhou_OxfordFlowers.json", "a photo of a {}, a type of flower.", 10, (50, 50),
+                "split_zhou_OxfordFlowers.json", "a photo of a {}, a type of flower.",
                 "102flowers.tgz from robots.ox.ac.uk/~vgg/data/flowers/102"),
     _split_json("food101", "Food101", "food-101", "images", "split_zhou_Food101.json",
-                "a photo of {}, a type of food.", 1.17, (10, 10),
+                "a photo of {}, a type of food.",
                 "food-101.tar.gz from data.vision.ee.ethz.ch"),
     DatasetSpec(
         "fgvc_aircraft", "FGVCAircraft", "fgvc_aircraft", "a photo of a {}, a type of aircraft.",
-        "fgvc", "images", "variants.txt", 5, (30, 30),
+        "fgvc", "images", "variants.txt",
         source="the data/ folder of fgvc-aircraft-2013b.tar.gz from robots.ox.ac.uk/~vgg/data/"
         "fgvc-aircraft (images/, variants.txt, images_variant_{train,val,test}.txt)",
     ),
     _split_json("sun397", "SUN397", "sun397", "SUN397", "split_zhou_SUN397.json",
-                "a photo of a {}.", 1.17, (12, 10),
+                "a photo of a {}.",
                 "SUN397.tar.gz from vision.princeton.edu (link often dead: use a mirror)"),
     _split_json("dtd", "DTD", "dtd", "images", "split_zhou_DescribableTextures.json",
-                "{} texture.", 2, (13, 13), "dtd-r1.0.1.tar.gz from robots.ox.ac.uk/~vgg/data/dtd"),
+                "{} texture.", "dtd-r1.0.1.tar.gz from robots.ox.ac.uk/~vgg/data/dtd"),
     _split_json("eurosat", "EuroSAT", "eurosat", "2750", "split_zhou_EuroSAT.json",
-                "a centered satellite photo of {}.", 2, (12, 10),
+                "a centered satellite photo of {}.",
                 "EuroSAT.zip (RGB) from madm.dfki.de/files/sentinel"),
     _split_json("ucf101", "UCF101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json",
-                "a photo of a person doing {}.", 3, (7, 3),
+                "a photo of a person doing {}.",
                 f"UCF-101-midframes.zip: Google Drive link in {COOP_DATASETS_MD}"),
     _target("imagenet_v2", "ImageNet-V2", "imagenetv2", "imagenetv2-matched-frequency-format-val",
             "imagenet_v2", "imagenetv2-matched-frequency.tar.gz from the ImageNetV2 release"),
@@ -453,19 +451,19 @@ def base_new_labels(n_classes: int, part: str) -> list[int]:
 _DEMO_SOURCE = "generated: run `fewclip generate demo --out DATA_ROOT` (fewclip.data.demo)"
 _DEMO_SPECS = [
     DatasetSpec("demo_shapes", "Demo-Shapes", "demo_shapes", "a photo of a {}.", "imagenet", "images",
-                "classnames.txt", 1.17, (7, 3), source=_DEMO_SOURCE),
+                "classnames.txt", source=_DEMO_SOURCE),
     DatasetSpec("demo_textures", "Demo-Textures", "demo_textures", "{} texture.", "split_json", "images",
-                "split_demo.json", 2, (13, 13), source=_DEMO_SOURCE),
+                "split_demo.json", source=_DEMO_SOURCE),
     DatasetSpec("demo_scenes", "Demo-Scenes", "demo_scenes", "a photo of a {}.", "split_json", "images",
-                "split_demo.json", 1.17, (12, 10), source=_DEMO_SOURCE),
+                "split_demo.json", source=_DEMO_SOURCE),
     DatasetSpec("demo_shapes_v2", "Demo-Shapes-V2", "demo_shapes_v2", "a photo of a {}.", "imagenet_v2",
-                "images", "classnames.txt", None, None, source=_DEMO_SOURCE),
+                "images", "classnames.txt", source=_DEMO_SOURCE),
     DatasetSpec("demo_shapes_sketch", "Demo-Shapes-Sketch", "demo_shapes_sketch", "a photo of a {}.",
-                "imagenet_wnid", "images", "classnames.txt", None, None, source=_DEMO_SOURCE),
+                "imagenet_wnid", "images", "classnames.txt", source=_DEMO_SOURCE),
     DatasetSpec("demo_shapes_a", "Demo-Shapes-A", "demo_shapes_a", "a photo of a {}.", "imagenet_subset",
-                "images", "classnames.txt", None, None, source=_DEMO_SOURCE),
+                "images", "classnames.txt", source=_DEMO_SOURCE),
     DatasetSpec("demo_shapes_r", "Demo-Shapes-R", "demo_shapes_r", "a photo of a {}.", "imagenet_subset",
-                "images", "classnames.txt", None, None, source=_DEMO_SOURCE),
+                "images", "classnames.txt", source=_DEMO_SOURCE),
 ]
 DEMO_DATASETS: tuple[str, ...] = tuple(s.name for s in _DEMO_SPECS)
 DATASETS.update({s.name: s for s in _DEMO_SPECS})

@@ -22,8 +22,6 @@ Precision (`precision` hp; SPEC §2.2; the result's `train.precision` records wh
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,41 +98,6 @@ def resolve_precision(name: str, device: torch.device, cpu_half: bool = False) -
     return Precision(name, autocast=torch.bfloat16)
 
 
-def is_half(method) -> bool:
-    """Whether `method` holds pure-fp16 weights (after `make_half`)."""
-    return getattr(method, "_pure_half", False)
-
-
-def make_half(method) -> None:
-    """Pure fp16, as the official code: the method's parameters and floating buffers become half
-    (a method may keep some in full precision through `half_exempt()`, the names of buffers it
-    keeps, e.g. Tip-Adapter's α, β, python floats in the official code), and its frozen
-    backbone is replaced by a half copy (the shared fp32 backbone of the process is untouched);
-    every submodule that references the old CLIP model (`_model`) is pointed at the copy."""
-    if is_half(method):
-        return
-    exempt = set(method.half_exempt()) if hasattr(method, "half_exempt") else set()
-    kept = {name: buf for name, buf in method.named_buffers() if name in exempt}
-    frozen = getattr(method, "_frozen", None)
-    if frozen:
-        old = frozen[0]
-        model = copy.deepcopy(old.model).half()
-        frozen[0] = dataclasses.replace(old, model=model)
-        for module in method.modules():
-            refs = getattr(module, "_model", None)
-            if isinstance(refs, list) and refs and refs[0] is old.model:
-                refs[0] = model
-            if hasattr(module, "_banks"):
-                module._banks = {}
-        if hasattr(method, "_cache"):
-            method._cache = {}
-    method.half()
-    for name, buf in kept.items():
-        owner = method.get_submodule(name.rpartition(".")[0]) if "." in name else method
-        setattr(owner, name.rpartition(".")[2], buf)
-    method._pure_half = True
-
-
 def _half_batch(batch):
     if isinstance(batch, torch.Tensor):
         return batch.half() if batch.is_floating_point() else batch
@@ -209,7 +172,7 @@ def train(method, batches: Callable[[int], Iterable], cfg: TrainConfig, device: 
 
     precision = resolve_precision(cfg.precision, device, cfg.cpu_half)
     if precision.half:
-        make_half(method)
+        method.to_half()  # the method's own precision hook (fewclip.methods.base.Method.to_half)
     groups = []
     for g in method.param_groups():
         g = dict(g)

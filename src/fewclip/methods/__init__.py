@@ -1,14 +1,10 @@
 """The method registry. A method is one file in this package (or a user's file named in
-FEWCLIP_PLUGINS) that subclasses `Method` and is decorated with `@register`.
+FEWCLIP_PLUGINS) that subclasses `Method` (the contract: fewclip.methods.base) and is decorated
+with `@register`. Private modules (`_prompt.py`, `_tip.py`, ...) hold code several methods share.
 
-A method declares:
-- `name`, and `needs`: "features" (works on the feature store) or "images";
-- `hparams`: defaults, `presets`: overrides per preset ("clean", "official"), and optionally
-  `defaults_for(dataset, shots, preset, protocol)` for rules such as epochs per shot count or
-  the settings a protocol's official scripts use (a plugin may leave `protocol` out);
-- its math: `setup(task)` (build/initialise, may return selected values), `loss(batch, epoch)`
-  when it trains, `finish(task)` after training, and `logits(x, classes)`.
-The engine (fewclip.engine) owns data, loops, devices, precision and checkpoints.
+The registry knows no method by name: it imports every module of the package and the plugins,
+resolves a cell's hyper-parameters (defaults < per-cell rules < preset < overrides) and checks
+them against each method's own declarations (`HP` types, ranges, choices; `check_hparams`).
 """
 
 from __future__ import annotations
@@ -19,82 +15,17 @@ import inspect
 import os
 import pkgutil
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-import torch
-from torch import nn
-
-from ..constants import PRECISIONS, PRESETS, PROTOCOLS
+from ..constants import PRESETS, PROTOCOLS
 from ..errors import ConfigError
+from .base import HP, RESOURCE_DEFAULTS, ClassSet, DataNeeds, Method, NotApplicable
 
-REGISTRY: dict[str, type["Method"]] = {}
-# One cell's memory (MB) and run time (minutes) when a method declares none.
-RESOURCE_DEFAULTS = {"features": {"mem_mb": 4000, "runtime": 15}, "images": {"mem_mb": 16000, "runtime": 240}}
+__all__ = ["HP", "RESOURCE_DEFAULTS", "ClassSet", "DataNeeds", "Method", "NotApplicable", "REGISTRY", "register",
+           "load_all", "get_method", "image_methods", "resolve_hparams", "validate_hparams", "as_number"]
 
-
-class NotApplicable(Exception):
-    """The method cannot evaluate this class set (e.g. a class-specific head on unseen classes)."""
-
-
-@dataclass
-class ClassSet:
-    """The classes a classifier scores: names, hand-crafted text features, and where each sits
-    among the training classes (None when the classes were never seen in training)."""
-
-    names: list[str]
-    text_features: torch.Tensor  # [C, d], L2-normalised
-    train_index: torch.Tensor | None = None  # [C] long
-    template: str = "a photo of a {}."
-
-    def subset(self, index) -> "ClassSet":
-        index = torch.as_tensor(index, dtype=torch.long)
-        ti = None if self.train_index is None else self.train_index[index]
-        return ClassSet([self.names[i] for i in index.tolist()], self.text_features[index], ti, self.template)
-
-
-class Method(nn.Module):
-    name: ClassVar[str] = ""
-    needs: ClassVar[str] = "features"  # or "images"
-    trains: ClassVar[bool] = False
-    hparams: ClassVar[dict[str, Any]] = {}
-    presets: ClassVar[dict[str, dict[str, Any]]] = {}
-    # What one cell needs on the paper's hardware, on a dataset of CoOp's size (the workflow scales it
-    # for ImageNet-sized ones): {"mem_mb": MB, "runtime": minutes}. Keys left out take the defaults of
-    # the method's side (`RESOURCE_DEFAULTS`).
-    resources: ClassVar[dict[str, int]] = {}
-
-    def __init__(self, hp: dict[str, Any]):
-        super().__init__()
-        self.hp = dict(hp)
-
-    @classmethod
-    def resource_needs(cls) -> dict[str, int]:
-        """{"mem_mb", "runtime"} of one cell: the class's `resources` over its side's defaults."""
-        return {**RESOURCE_DEFAULTS[cls.needs], **cls.resources}
-
-    @classmethod
-    def defaults_for(cls, dataset: str, shots: int, preset: str, protocol: str = "fewshot") -> dict[str, Any]:
-        """Hyper-parameters that depend on the cell (epochs per shot count, per-dataset values,
-        the protocol's official config)."""
-        return {}
-
-    # --- the method's math; the engine calls these ---
-    def setup(self, task) -> dict[str, Any]:
-        return {}
-
-    def param_groups(self) -> list[dict]:
-        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
-
-    def loss(self, batch, epoch: int) -> torch.Tensor:  # pragma: no cover - trained methods override
-        raise TypeError(f"method {self.name} does not train")
-
-    def finish(self, task) -> dict[str, Any]:
-        return {}
-
-    def logits(self, x: torch.Tensor, classes: ClassSet) -> torch.Tensor:
-        raise TypeError(f"method {self.name} defines no logits")
+REGISTRY: dict[str, type[Method]] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -165,86 +96,45 @@ def resolve_hparams(cls: type[Method], dataset: str, shots: int, preset: str,
         hp.update(cls.defaults_for(dataset, shots, preset))
     hp.update(cls.presets.get(preset, {}))
     for key, value in (overrides or {}).items():
-        value = as_number(value) if isinstance(hp.get(key), float) else value
         if key not in hp:
             raise ConfigError(
                 f"method {cls.name} has no hyper-parameter '{key}'; valid keys: {', '.join(sorted(hp))}"
             )
         default = hp[key]
+        spec = cls.hparam_specs.get(key)
+        if default is None and spec is not None and spec.kind is not None:
+            default = spec.kind()  # a typed key whose default is "unset" (e.g. a per-dataset value)
+        value = as_number(value) if isinstance(default, float) else value
         if default is not None and not _same_kind(default, value):
             raise ConfigError(
                 f"hyper-parameter '{key}' of method {cls.name} must be {type(default).__name__} "
-                f"(default {default!r}), got {value!r}"
+                f"(default {hp[key]!r}), got {value!r}"
             )
         hp[key] = float(value) if isinstance(default, float) and isinstance(value, int) else value
     validate_hparams(cls, hp)
     return hp
 
 
-# Value rules by hyper-parameter name (any method that uses the name gets them).
-POSITIVE_INTS = ("epochs", "batch_size", "views", "n_ctx", "n_prompts", "search_steps", "reduction",
-                 "cavpt_classes", "cavpt_kv_tokens", "cavpt_layers", "cavpt_qk_dim")
-NON_NEGATIVE_INTS = ("warmup_epochs", "text_warmup_epochs", "guidance_epochs")
-POSITIVE_FLOATS = ("lr", "text_lr", "eps")
-NON_NEGATIVE_FLOATS = ("warmup_lr", "weight_decay", "guidance_weight", "init_std", "alpha", "beta_max",
-                       "alpha_max", "init_alpha", "init_beta")
-UNIT_FLOATS = {"momentum": (0.0, 1.0), "ratio": (0.0, 1.0), "crop_scale_min": (0.0, 1.0)}
-
-
-def _choices() -> dict[str, tuple[str, ...]]:
-    from ..models.templates import TEMPLATE_SETS
-
-    return {
-        "optimizer": ("sgd", "adamw"),
-        "schedule": ("cosine_epoch", "cosine_iter", "constant"),
-        "templates": tuple(TEMPLATE_SETS),
-        "precision": PRECISIONS,
-        "class_token_position": ("end", "middle", "front"),
-        "search_split": ("fewshot_val", "full_val", "test"),
-        "fit_on": ("raw", "normalised"),
-        "side": ("visual", "text", "both"),
-    }
-
-
 def validate_hparams(cls: type[Method], hp: dict[str, Any]) -> None:
-    """Refuse values no run can use: non-positive epochs/batch sizes/views, non-finite or
-    non-positive learning rates, unknown optimizers/schedules/templates. Called by
-    `resolve_hparams`, so `fewclip run` and the workflow's planner check the same rules
-    before any job; raises one ConfigError naming every bad value."""
+    """Refuse values no run can use, from the method's own declarations: each key's range and
+    choices (`HP`), any non-finite float, and the method's cross-key rules (`check_hparams`).
+    Called by `resolve_hparams`, so `fewclip run` and the workflow's planner check the same
+    rules before any job; raises one ConfigError naming every bad value."""
     import math
 
+    specs = cls.hparam_specs
     problems = []
-
-    def number(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
     for key, value in hp.items():
-        if value is None:
-            continue
-        if isinstance(value, float) and not math.isfinite(value):
-            problems.append(f"{key}={value!r} (must be a finite number)")
-        elif key in POSITIVE_INTS and number(value) and not value >= 1:
-            problems.append(f"{key}={value!r} (must be at least 1)")
-        elif key in NON_NEGATIVE_INTS and number(value) and value < 0:
-            problems.append(f"{key}={value!r} (must be 0 or more)")
-        elif key in POSITIVE_FLOATS and number(value) and not value > 0:
-            problems.append(f"{key}={value!r} (must be greater than 0)")
-        elif key in NON_NEGATIVE_FLOATS and number(value) and value < 0:
-            problems.append(f"{key}={value!r} (must be 0 or more)")
-        elif key in UNIT_FLOATS and number(value) and not UNIT_FLOATS[key][0] <= value <= UNIT_FLOATS[key][1]:
-            lo, hi = UNIT_FLOATS[key]
-            problems.append(f"{key}={value!r} (must be between {lo} and {hi})")
-        elif key == "ratios" and isinstance(value, list) and not (
-                value and all(number(v) and 0 <= v <= 1 for v in value)):
-            problems.append(f"{key}={value!r} (must be a non-empty list of numbers between 0 and 1)")
-    choices = _choices()
-    for key, valid in choices.items():
-        value = hp.get(key)
-        if isinstance(value, str) and value not in valid:
-            problems.append(f"{key}={value!r} (valid: {', '.join(valid)})")
-    if hp.get("csc") and (hp.get("ctx_init") or "").strip():
-        problems.append("csc=true with ctx_init (the official code ignores class-specific contexts when the "
-                        "context is initialised from words: set ctx_init='' for CSC, or csc=false)")
+        spec = specs.get(key)
+        if spec is not None:
+            problem = spec.problem(key, value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            problem = f"{key}={value!r} (must be a finite number)"
+        else:
+            problem = None
+        if problem:
+            problems.append(problem)
+    problems += cls.check_hparams(hp)
     if problems:
         raise ConfigError(f"method {cls.name}: bad hyper-parameter value{'s' if len(problems) > 1 else ''}: "
                           + "; ".join(problems) + ". Fix them in --set or the config's method_params")

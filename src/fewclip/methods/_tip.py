@@ -12,9 +12,47 @@ import torch
 
 from ..errors import ConfigError
 from ..models.backbone import LOGIT_SCALE
-from . import ClassSet, NotApplicable
+from ..models.templates import TEMPLATE_SETS
+from .base import HP, ClassSet, DataNeeds, NotApplicable
 
 SEARCH_STEPS = (200, 20)  # (β steps, α steps)
+
+# Tip-Adapter's per-dataset configs (`configs/*.yaml`, SPEC §4): init α and the search scale
+# (β_max, α_max). The demo's generated datasets take the values of the dataset each imitates.
+TIP_CONFIG: dict[str, tuple[float, tuple[float, float]]] = {
+    "imagenet": (1.17, (7, 3)), "caltech101": (3, (12, 5)), "oxford_pets": (1.17, (7, 3)),
+    "stanford_cars": (3, (20, 10)), "oxford_flowers": (10, (50, 50)), "food101": (1.17, (10, 10)),
+    "fgvc_aircraft": (5, (30, 30)), "sun397": (1.17, (12, 10)), "dtd": (2, (13, 13)), "eurosat": (2, (12, 10)),
+    "ucf101": (3, (7, 3)),
+    "demo_shapes": (1.17, (7, 3)), "demo_textures": (2, (13, 13)), "demo_scenes": (1.17, (12, 10)),
+}
+
+# The keys both Tip methods share (the per-dataset ones filled by `cache_defaults`).
+CACHE_HPARAMS = {
+    "views": HP(10, min=1), "init_beta": HP(1.0, min=0), "search": True,
+    "templates": HP("dataset", choices=TEMPLATE_SETS),
+    "init_alpha": HP(None, kind=float, min=0), "beta_max": HP(None, kind=float, min=0),
+    "alpha_max": HP(None, kind=float, min=0),
+    "search_split": HP("fewshot_val", choices=("fewshot_val", "full_val", "test")), "select_on_test": False,
+}
+
+
+def cache_defaults(dataset: str, preset: str) -> dict:
+    """Per-dataset values: init α, the search scale, where the official code selects, the classifier."""
+    alpha, scale = TIP_CONFIG.get(dataset, (None, None))
+    return {"init_alpha": None if alpha is None else float(alpha),
+            "beta_max": None if scale is None else float(scale[0]),
+            "alpha_max": None if scale is None else float(scale[1]), **official_defaults(dataset, preset),
+            # Tip-Adapter's ImageNet classifier (and so its DG targets'): the 7-template ensemble
+            "templates": "ensemble7" if dataset == "imagenet" else "dataset"}
+
+
+def cache_data_needs(hp: dict) -> DataNeeds:
+    """The stored views (the cache keys, and Tip-Adapter-F's training batches), and the split α/β
+    are searched on."""
+    return DataNeeds(templates=hp["templates"], views=int(hp["views"]), batch_size=int(hp.get("batch_size", 0)),
+                     full_val=hp["search_split"] == "full_val",
+                     test_for_selection=bool(hp["select_on_test"]) or hp["search_split"] == "test")
 
 
 def search_grid(beta_max: float, alpha_max: float, steps: tuple[int, int] = SEARCH_STEPS):
@@ -61,16 +99,12 @@ def cache_init(task) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def init_values(task, hp) -> tuple[float, float, float, float]:
-    """(init α, init β, β_max, α_max): hp overrides, else the dataset's Tip config (SPEC §4)."""
-    spec = task.spec
-    alpha = hp.get("init_alpha") if hp.get("init_alpha") is not None else getattr(spec, "tip_init_alpha", None)
-    scale = getattr(spec, "tip_search_scale", None)
-    beta_max = hp.get("beta_max") if hp.get("beta_max") is not None else (scale[0] if scale else None)
-    alpha_max = hp.get("alpha_max") if hp.get("alpha_max") is not None else (scale[1] if scale else None)
+    """(init α, init β, β_max, α_max) of the cell (`cache_defaults`, or --set overrides)."""
+    alpha, beta_max, alpha_max = hp["init_alpha"], hp["beta_max"], hp["alpha_max"]
     if alpha is None or beta_max is None or alpha_max is None:
         raise ConfigError(f"dataset {task.dataset} has no Tip-Adapter init α / search scale (SPEC §4); "
                           "give them with --set init_alpha=... --set beta_max=... --set alpha_max=...")
-    return float(alpha), float(hp.get("init_beta", 1.0)), float(beta_max), float(alpha_max)
+    return float(alpha), float(hp["init_beta"]), float(beta_max), float(alpha_max)
 
 
 @torch.no_grad()
@@ -109,18 +143,11 @@ def search_features(task, hp):
 
     clean: the few-shot val split (min(K, 4) per class). official: the full val split of the
     dataset (Tip-Adapter's `main.py`), or for ImageNet the test set (`main_imagenet.py`)."""
-    split = hp.get("search_split", "fewshot_val")
-    if split == "fewshot_val":
-        feats = task.val
-    elif split == "full_val":
-        feats = task.full_val
-    elif split == "test":
-        feats = task.test
-    else:
-        raise ConfigError(f"search_split must be fewshot_val, full_val or test, got {split!r}")
+    split = hp["search_split"]
+    feats = {"fewshot_val": task.val, "full_val": task.full_val, "test": task.test}[split]
     if feats is None:
         raise ConfigError(f"search_split {split!r} needs features the engine did not provide "
-                          "('test' needs the official preset with select_on_test=true)")
+                          "('test' needs the official preset)")
     return feats.features.to(task.device), feats.labels.to(task.device), split
 
 

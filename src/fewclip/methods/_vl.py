@@ -25,18 +25,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.backbone import LOGIT_SCALE
-from ..models.prompts import encode_prompts, require_vit, vit_dims
-from . import ClassSet
-from .coop import SGD_DEFAULTS, CoOp, PromptMethod
-from .vpt import VisualPromptMixin, dpt_epochs, visual_warmup
+from ..models.prompts import require_vit, vit_dims
+from ._prompt import (SGD_HPARAMS, TEXT_CONTEXT_HPARAMS, VISUAL_PROMPT_HPARAMS, PromptMethod, VisualPromptMixin,
+                      dpt_epochs, visual_warmup)
+from .base import HP, ClassSet, train_hparams
 
 VL_HPARAMS = {
-    "n_prompts": 10, "init_std": 0.02,
-    "n_ctx": 16, "ctx_init": "", "csc": False, "class_token_position": "end",
-    "epochs": 100, "lr": 0.01, "warmup_epochs": 10, "batch_size": 32,
-    "text_lr": 0.002, "text_warmup_epochs": 1,
-    "guidance_epochs": 30, "guidance_weight": 0.1,
-    **SGD_DEFAULTS,
+    **TEXT_CONTEXT_HPARAMS, **VISUAL_PROMPT_HPARAMS,
+    **train_hparams(epochs=100, lr=0.01, warmup_epochs=10, batch_size=32),
+    "text_lr": HP(0.002, above=0), "text_warmup_epochs": HP(1, min=0),
+    "guidance_epochs": HP(30, min=0), "guidance_weight": HP(0.1, min=0),
+    **SGD_HPARAMS,
 }
 
 
@@ -101,19 +100,9 @@ class VisionLanguagePrompts(VisualPromptMixin, PromptMethod):
             {"params": text, "lr": float(self.hp["text_lr"]), "warmup_epochs": int(self.hp["text_warmup_epochs"])},
         ]
 
-    _class_index = CoOp._class_index
-
     def raw_text_features(self, classes: ClassSet) -> torch.Tensor:
         """[C, d] learned-prompt text features before L2 normalisation (cached while evaluating)."""
-        cacheable = not self.training and not torch.is_grad_enabled()
-        key = ("raw text", tuple(classes.names), self.prompt.ctx._version)
-        if cacheable and key in self._cache:
-            return self._cache[key]
-        feats = encode_prompts(self.prompt, self.prompt.bank(classes.names), class_index=self._class_index(classes),
-                               normalize=False)
-        if cacheable:
-            self._cache = {key: feats}
-        return feats
+        return self.learned_text_features(classes, normalize=False)
 
     def _forward(self, images, classes: ClassSet, zs_feats=None):
         """(prompted image features, normalised learned text features, the CAVPT selections

@@ -30,7 +30,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.backbone import LOGIT_SCALE
-from . import ClassSet, Method, register
+from . import register
+from .base import HP, ClassSet, DataNeeds, Method, train_hparams
 
 SIDES = ("visual", "text", "both")
 
@@ -71,10 +72,12 @@ class CLIPAdapter(Method):
     resources = {"mem_mb": 4000, "runtime": 15}  # one cell, paper GPUs (workflow scales for ImageNet)
     needs = "features"
     trains = True
-    hparams = {"views": 10, "side": "visual", "ratio": 0.2, "reduction": 4, "select_ratio": False,
-               "ratios": [0.2, 0.4, 0.6, 0.8], "epochs": 200, "lr": 0.01, "optimizer": "sgd", "momentum": 0.9,
-               "weight_decay": 5e-4, "schedule": "cosine_epoch", "warmup_epochs": 1, "warmup_lr": 1e-5,
-               "batch_size": 32, "drop_last": False, "precision": "auto"}
+    hparams = {"views": HP(10, min=1), "side": HP("visual", choices=SIDES), "ratio": HP(0.2, min=0.0, max=1.0),
+               "reduction": HP(4, min=1), "select_ratio": False, "ratios": HP([0.2, 0.4, 0.6, 0.8], min=0.0, max=1.0),
+               **train_hparams(epochs=200, lr=0.01, optimizer="sgd", momentum=0.9, weight_decay=5e-4,
+                               schedule="cosine_epoch", warmup_epochs=1, warmup_lr=1e-5, batch_size=32,
+                               precision="auto"),
+               "drop_last": False}
     # official: the released trainer's hard-coded ratio, Dassl's train loader (the last incomplete
     # batch dropped when there is a full one) and its fp32 CLIP (`clip_model.float()`)
     presets = {"clean": {"select_ratio": True},
@@ -86,13 +89,15 @@ class CLIPAdapter(Method):
             return {"epochs": 50}
         return {"epochs": 100 if shots in (2, 4) else 200}
 
+    def data_needs(self) -> DataNeeds:
+        return DataNeeds(views=int(self.hp["views"]), batch_size=int(self.hp["batch_size"]),
+                         drop_last=bool(self.hp["drop_last"]))
+
     def candidates(self) -> list[float]:
         return [float(r) for r in self.hp["ratios"]] if self.hp["select_ratio"] else [float(self.hp["ratio"])]
 
     def setup(self, task) -> dict:
         side = self.hp["side"]
-        if side not in SIDES:
-            raise ConfigError(f"clip_adapter side must be one of {', '.join(SIDES)}, got {side!r}")
         dim = task.train.features.shape[-1]
         if dim % int(self.hp["reduction"]):
             raise ConfigError(f"feature dim {dim} is not divisible by reduction {self.hp['reduction']}")

@@ -12,32 +12,29 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..models.backbone import LOGIT_SCALE
 from ..models.prompts import encode_prompts, text_width
-from . import ClassSet, register
-from .coop import SGD_DEFAULTS, CoOp
+from . import register
+from ._prompt import SGD_HPARAMS, TEXT_CONTEXT_HPARAMS, PromptMethod
+from .base import HP, ClassSet, train_hparams
 
 EVAL_PROMPTS = 8192  # images × classes encoded at once while evaluating (memory bound)
 
 
 @register
-class CoCoOp(CoOp):
+class CoCoOp(PromptMethod):
     name = "cocoop"
     resources = {"mem_mb": 24000, "runtime": 480}  # one cell, paper GPUs (workflow scales for ImageNet)
-    hparams = {
-        "n_ctx": 4, "ctx_init": "a photo of a", "csc": False, "class_token_position": "end", "init_std": 0.02,
-        "epochs": 10, "lr": 0.002, "batch_size": 1, "warmup_epochs": 1, **SGD_DEFAULTS,
-    }
-
-    @classmethod
-    def defaults_for(cls, dataset, shots, preset, protocol="fewshot"):
-        return {}  # vit_b16_c4_ep10_batch1_ctxv1 in every protocol
+    # vit_b16_c4_ep10_batch1_ctxv1 in every protocol
+    hparams = {**TEXT_CONTEXT_HPARAMS, "n_ctx": HP(4, min=1), "ctx_init": "a photo of a",
+               **train_hparams(epochs=10, lr=0.002, batch_size=1, warmup_epochs=1), **SGD_HPARAMS}
 
     def setup(self, task):
-        info = super().setup(task)
+        self.attach(task)
+        self.prompt = self.text_prompts(task)
+        info = {"n_ctx": self.prompt.n_ctx}
         if self.prompt.csc:
-            from ..errors import ConfigError
-
             raise ConfigError("cocoop has no class-specific context option; use csc=false")
         d = self.backbone.embed_dim
         hidden = max(1, d // 16)

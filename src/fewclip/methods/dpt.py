@@ -27,14 +27,15 @@ from __future__ import annotations
 
 from . import register
 from ._vl import VL_HPARAMS, VisionLanguagePrompts
+from .base import HP
 
 
 @register
 class DPT(VisionLanguagePrompts):
     name = "dpt"
     resources = {"mem_mb": 20000, "runtime": 240}  # one cell, paper GPUs (workflow scales for ImageNet)
-    hparams = {**VL_HPARAMS, "cavpt": True, "cavpt_layers": 1, "cavpt_classes": 10, "cavpt_qk_dim": 32,
-               "cavpt_kv_tokens": 10, "alpha": 0.3}
+    hparams = {**VL_HPARAMS, "cavpt": True, "cavpt_layers": HP(1, min=1), "cavpt_classes": HP(10, min=1),
+               "cavpt_qk_dim": HP(32, min=1), "cavpt_kv_tokens": HP(10, min=1), "alpha": HP(0.3, min=0)}
 
     @classmethod
     def defaults_for(cls, dataset, shots, preset, protocol="fewshot"):

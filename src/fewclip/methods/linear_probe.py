@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from . import ClassSet, Method, NotApplicable, register
+from . import register
+from .base import HP, ClassSet, DataNeeds, Method, NotApplicable
 
 C_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
 
@@ -93,19 +94,14 @@ class LinearProbe(Method):
     name = "linear_probe"
     resources = {"mem_mb": 4000, "runtime": 10}  # one cell, paper GPUs (workflow scales for ImageNet)
     needs = "features"
-    hparams = {"search_steps": 8, "fit_on": "normalised"}
+    hparams = {"search_steps": HP(8, min=1), "fit_on": HP("normalised", choices=("raw", "normalised"))}
     presets = {"official": {"fit_on": "raw"}}  # lpclip fits the raw encoder output
 
-    @property
-    def reads_raw(self) -> bool:
-        """Whether the engine must feed raw (unnormalised) features to `logits`."""
-        return self.hp.get("fit_on", "normalised") == "raw"
+    def data_needs(self) -> DataNeeds:
+        return DataNeeds(reads_raw=self.hp["fit_on"] == "raw")  # official: raw features at test time too
 
     def _x(self, feats, split: str) -> torch.Tensor:
-        kind = self.hp.get("fit_on", "normalised")
-        if kind not in ("raw", "normalised"):
-            raise ConfigError(f"linear_probe fit_on must be 'raw' or 'normalised', got {kind!r}")
-        if kind == "normalised":
+        if self.hp["fit_on"] == "normalised":
             return feats.features
         if feats.raw is None:
             raise ConfigError(f"linear_probe fit_on=raw needs the raw {split} features, and the store gave none; "
@@ -126,7 +122,7 @@ class LinearProbe(Method):
         # them above; the engine never trains this method (trains = False), logits run under no_grad.
         self.weight = torch.nn.Parameter(weight.to(task.device))
         self.bias = torch.nn.Parameter(bias.to(task.device))
-        found["fit_on"] = self.hp.get("fit_on", "normalised")
+        found["fit_on"] = self.hp["fit_on"]
         return found
 
     def logits(self, x, classes: ClassSet):

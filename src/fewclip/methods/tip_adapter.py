@@ -45,27 +45,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..data.datasets import DATASETS
 from ..errors import ConfigError
-from . import ClassSet, Method, register
-from ._tip import (cache_init, class_values, init_values, official_defaults, search_alpha_beta,
-                   search_features, tip_logits)
-
-
-def _tip_defaults(dataset: str, preset: str) -> dict:
-    spec = DATASETS.get(dataset)
-    alpha = None if spec is None or spec.tip_init_alpha is None else float(spec.tip_init_alpha)
-    scale = None if spec is None or spec.tip_search_scale is None else spec.tip_search_scale
-    return {"init_alpha": alpha, "beta_max": None if scale is None else float(scale[0]),
-            "alpha_max": None if scale is None else float(scale[1]), **official_defaults(dataset, preset),
-            # Tip-Adapter's ImageNet classifier (and so its DG targets'): the 7-template ensemble
-            "templates": "ensemble7" if dataset == "imagenet" else "dataset"}
+from . import register
+from ._tip import (CACHE_HPARAMS, cache_data_needs, cache_defaults, cache_init, class_values, init_values,
+                   search_alpha_beta, search_features, tip_logits)
+from .base import ClassSet, DataNeeds, Method, train_hparams
 
 
 class _Cache(Method):
     """The cache and its α/β; subclasses differ in whether the keys train."""
 
     needs = "features"
+
+    def data_needs(self) -> DataNeeds:
+        return cache_data_needs(self.hp)
 
     def half_exempt(self) -> list[str]:
         """Buffers kept out of pure fp16: α, β (Python floats in the official code)."""
@@ -109,11 +102,11 @@ class _Cache(Method):
 class TipAdapter(_Cache):
     name = "tip_adapter"
     resources = {"mem_mb": 4000, "runtime": 5}  # one cell, paper GPUs (workflow scales for ImageNet)
-    hparams = {"views": 10, "init_beta": 1.0, "search": True, "templates": "dataset"}
+    hparams = CACHE_HPARAMS
 
     @classmethod
     def defaults_for(cls, dataset, shots, preset, protocol="fewshot"):
-        return _tip_defaults(dataset, preset)
+        return cache_defaults(dataset, preset)
 
     def setup(self, task) -> dict:
         info = super().setup(task)
@@ -126,14 +119,14 @@ class TipAdapterF(_Cache):
     name = "tip_adapter_f"
     resources = {"mem_mb": 6000, "runtime": 20}  # one cell, paper GPUs (workflow scales for ImageNet)
     trains = True
-    hparams = {"views": 10, "init_beta": 1.0, "search": True, "templates": "dataset", "epochs": 20, "lr": 0.001,
-               "optimizer": "adamw", "eps": 1e-4, "weight_decay": 0.01, "schedule": "cosine_iter",
-               "warmup_epochs": 0, "batch_size": 256, "precision": "auto"}
+    hparams = {**CACHE_HPARAMS, **train_hparams(epochs=20, lr=0.001, optimizer="adamw", eps=1e-4, weight_decay=0.01,
+                                                schedule="cosine_iter", warmup_epochs=0, batch_size=256,
+                                                precision="auto")}
     presets = {"official": {"precision": "fp16"}}  # fp16 keys → fp16 adapter and AdamW state
 
     @classmethod
     def defaults_for(cls, dataset, shots, preset, protocol="fewshot"):
-        hp = _tip_defaults(dataset, preset)
+        hp = cache_defaults(dataset, preset)
         if preset == "official":
             hp["select_on_test"] = True  # the best epoch is chosen on the test set
         if dataset == "eurosat":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from ..models.backbone import LOGIT_SCALE
-from . import ClassSet, Method, register
+from ..models.templates import TEMPLATE_SETS
+from . import register
+from .base import HP, ClassSet, Method
 
 
 @register
@@ -13,7 +15,7 @@ class ZeroShot(Method):
     needs = "features"
     # "dataset": the dataset's template (SPEC §4); "ensemble7": the 7-template ImageNet
     # ensemble; "openai80": CLIP's 80 templates. Text features come from the feature store.
-    hparams = {"templates": "dataset"}
+    hparams = {"templates": HP("dataset", choices=TEMPLATE_SETS)}
 
     def logits(self, x, classes: ClassSet):
         return LOGIT_SCALE * x @ classes.text_features.t()

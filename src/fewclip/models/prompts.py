@@ -111,6 +111,11 @@ class TextPrompts(nn.Module):
     def model(self):
         return self._model[0]
 
+    def rebind(self, model) -> None:
+        """Use `model` (e.g. a half copy of the frozen CLIP) from now on; its token banks are rebuilt."""
+        self._model = [model]
+        self._banks = {}
+
     def bank(self, names: list[str]) -> PromptBank:
         key = tuple(names)
         if key not in self._banks:
