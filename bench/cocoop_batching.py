@@ -43,7 +43,7 @@ def sync(device):
 def build(model_name: str, n_classes: int, batch: int, device):
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
-    from fewclip.engine.images import ImageTask
+    from fewclip.engine.inputs import ImageTask
     from fewclip.methods import ClassSet, get_method, resolve_hparams
     from fewclip.models.backbone import load_backbone
 

@@ -156,7 +156,7 @@ def step_time(method_name, model_name, n_classes, batch, device, steps, fast=Tru
     fast=False: the text encoder before issue 19 (every prompt padded, open_clip's transformer)."""
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
-    from fewclip.engine.images import ImageTask
+    from fewclip.engine.inputs import ImageTask
     from fewclip.engine.train import TrainConfig, train
     from fewclip.methods import ClassSet, get_method, resolve_hparams
     from fewclip.models import prompts
@@ -203,10 +203,11 @@ def extrapolate(enc: dict, steps: dict, cfg_path: Path) -> dict:
     import yaml
 
     from fewclip.grid import expand_grid
+    from fewclip.grid import image_methods as registered_image_methods
     from fewclip.methods import get_method, resolve_hparams
 
     config = yaml.safe_load(cfg_path.read_text())
-    image_methods = set(config.get("image_methods", ["coop", "cocoop", "vpt", "vlp", "dpt"]))
+    image_methods = registered_image_methods()  # needs = "images": the cells of the workflow's fit_gpu
     train_s, by_method = 0.0, {}
     for c in expand_grid(config):
         if c.method not in image_methods or c.dataset not in DATASETS:

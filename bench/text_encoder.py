@@ -44,7 +44,7 @@ def sync(device):
 def build(method_name, bb, n_classes, batch, device):
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
-    from fewclip.engine.images import ImageTask
+    from fewclip.engine.inputs import ImageTask
     from fewclip.methods import ClassSet, get_method, resolve_hparams
 
     names = list(IMAGENET_CLASSNAMES[:n_classes])

@@ -11,7 +11,8 @@ import torch
 from fewclip.data.datasets import get_spec
 from fewclip.data.fixtures import write_fixture
 from fewclip.engine.features import Features, FeatureStore
-from fewclip.engine.run import FeatureTask, RunSpec, run_cell
+from fewclip.engine.inputs import FeatureTask
+from fewclip.engine.run import RunSpec, run_cell
 from fewclip.methods import ClassSet, NotApplicable, get_method, resolve_hparams
 from fewclip.methods._tip import search_alpha_beta, search_grid
 from fewclip.models.backbone import Backbone

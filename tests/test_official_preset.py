@@ -29,7 +29,7 @@ import torch
 
 from fewclip.data.datasets import get_spec
 from fewclip.engine.features import Features
-from fewclip.engine.run import FeatureTask
+from fewclip.engine.inputs import FeatureTask
 from fewclip.engine.train import TrainConfig, lr_at, train
 from fewclip.methods import ClassSet, get_method, resolve_hparams
 from fewclip.models.templates import class_text_features
@@ -231,7 +231,7 @@ def test_dassl_lr_per_epoch(case):
 @pytest.mark.parametrize("case", range(4))
 def test_dassl_batches_per_epoch_feature_methods(case):
     """CLIP-Adapter (a Dassl trainer) drops the last incomplete batch under `official`."""
-    from fewclip.engine.run import view_batches
+    from fewclip.engine.inputs import view_batches
 
     b = ref("schedules")["batches"][case]
     n, bs = b["n"], b["batch_size"]
@@ -239,17 +239,17 @@ def test_dassl_batches_per_epoch_feature_methods(case):
     hp = resolve_hparams(cls, "dtd", 16, "official")
     views = Features([f"p{i}" for i in range(n)], torch.zeros(n, dtype=torch.long), torch.zeros(2, n, 4))
     task = SimpleNamespace(views=views, train=views, device=CPU, hp=hp)
-    sizes = [len(y) for _, y in view_batches(task, bs, seed=1)(0)]
+    sizes = [len(y) for _, y in view_batches(task, bs, 1, cls(hp).data_needs().drop_last)(0)]
     assert sizes == b["batch_sizes"] and len(sizes) == b["batches_per_epoch"]
 
 
 def test_dassl_batches_per_epoch_image_methods(monkeypatch):
     """The prompt methods' train loader (both presets): Dassl's drop_last rule."""
     from fewclip.data.datasets import Item
-    from fewclip.engine import images as images_mod
-    from fewclip.engine.images import ImageInputs, ImageSet
+    from fewclip.data.images import ImageItems
+    from fewclip.engine.inputs import ImageInputs, ImageSet
 
-    monkeypatch.setattr(images_mod._Images, "__getitem__", lambda self, i: (torch.zeros(3, 4, 4), self.items[i].label))
+    monkeypatch.setattr(ImageItems, "__getitem__", lambda self, i: (torch.zeros(3, 4, 4), self.items[i].label))
     for b in ref("schedules")["batches"]:
         items = [Item(f"p{i}", 0, "c") for i in range(b["n"])]
         task = SimpleNamespace(train=ImageSet(None, items, 4))
@@ -257,7 +257,7 @@ def test_dassl_batches_per_epoch_image_methods(monkeypatch):
         inputs.device, inputs.spec = CPU, SimpleNamespace(workers=0)
         for name in ("coop", "cocoop", "vpt", "vlp", "dpt"):
             hp = {**resolve_hparams(get_method(name), "dtd", 16, "official"), "batch_size": b["batch_size"]}
-            sizes = [len(y) for _, y in inputs.batches(task, hp, seed=1)(0)]
+            sizes = [len(y) for _, y in inputs.batches(task, get_method(name)(hp).data_needs(), seed=1)(0)]
             assert sizes == b["batch_sizes"] and bool(b["drop_last"]) == (b["n"] >= b["batch_size"]), (name, b)
 
 
@@ -631,21 +631,21 @@ def test_half_method_is_evaluated_on_half_images(vit, monkeypatch):
     """The image path's evaluation (ImageInputs.logits) feeds a pure-fp16 method half images, no autocast."""
     from fewclip.data import transforms
     from fewclip.data.datasets import Item
-    from fewclip.engine import images as images_mod
-    from fewclip.engine.images import ImageInputs, ImageSet
+    from fewclip.data.images import ImageItems
+    from fewclip.engine.inputs import ImageInputs, ImageSet
 
     r = ref("coop")
     v = r["variants"]["rand16_end"]
     method, classes = _prompt_method(vit, "coop", r["class_names"])
     _load_official(method, v["params"])
     method.to_half()
-    monkeypatch.setattr(images_mod._Images, "__getitem__", lambda self, i: (r["images"][i], 0))
+    monkeypatch.setattr(ImageItems, "__getitem__", lambda self, i: (r["images"][i], 0))
     # the official images are model inputs already: collated as they are, not normalised again
     monkeypatch.setattr(transforms, "collate_normalized", torch.utils.data.default_collate)
     test = ImageSet(None, [Item(f"p{i}", 0, "c") for i in range(len(r["images"]))], 64)
     inputs = ImageInputs.__new__(ImageInputs)
-    inputs.device, inputs.hp = CPU, method.hp
-    logits = inputs.logits(method, test, classes)
+    inputs.device = CPU
+    logits = inputs.logits(method, test, classes, method.hp["precision"])
     assert logits.dtype == torch.float32  # returned as float, computed in half
     with torch.no_grad():
         want = method.logits(r["images"].half(), classes).float()

@@ -8,8 +8,9 @@ import torch
 from fewclip.cli import main as cli_main
 from fewclip.data.datasets import load_dataset
 from fewclip.data.fewshot import make_manifest
-from fewclip.engine.images import ImageInputs
-from fewclip.engine.run import RunSpec, _items, train_config
+from fewclip.data.datasets import Item
+from fewclip.engine.inputs import CellData, ImageInputs
+from fewclip.engine.run import RunSpec, train_config
 from fewclip.engine.train import train
 from fewclip.methods import NotApplicable, get_method, resolve_hparams
 from fewclip.models.backbone import LOGIT_SCALE, load_backbone
@@ -33,11 +34,15 @@ def env(tmp_path_factory):
     spec = RunSpec(data_root=str(root), dataset=DATASET, method="coop", backbone="fewclip-tiny-vit",
                    out=str(root / "unused"), shots=SHOTS, seed=SEED, pretrained="none",
                    features=str(tmp_path_factory.mktemp("features")))
-    inputs = ImageInputs(spec, ds, lambda: backbone, torch.device("cpu"))
+    inputs = ImageInputs(spec, lambda: backbone, torch.device("cpu"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         manifest = make_manifest(ds, SHOTS, SEED)
     return {"root": root, "ds": ds, "backbone": backbone, "inputs": inputs, "manifest": manifest}
+
+
+def _items(manifest, split, ds):
+    return [Item(p, int(lab), ds.classnames[int(lab)]) for p, lab in manifest[split]]
 
 
 def build(env, name, seed=0, **overrides):
@@ -48,8 +53,8 @@ def build(env, name, seed=0, **overrides):
     classes = inputs.classes(ds, "dataset")
     torch.manual_seed(seed)
     method = cls(hp)
-    task = inputs.task(method, ds, classes, _items(env["manifest"], "train", ds), _items(env["manifest"], "val", ds),
-                       env["manifest"], hp)
+    cell = CellData(ds, ds, None, _items(env["manifest"], "train", ds), _items(env["manifest"], "val", ds))
+    task = inputs.task(method, cell, classes, method.data_needs())
     method.setup(task)
     return method, task, classes
 
@@ -233,7 +238,7 @@ def test_training_loss_falls(env, name):
             return method.loss((images, labels), epoch).item()
 
     before = fixed_loss()
-    stats = train(method, env["inputs"].batches(task, method.hp, SEED), train_config(method.hp, {}),
+    stats = train(method, env["inputs"].batches(task, method.data_needs(), SEED), train_config(method.hp, {}),
                   torch.device("cpu"))
     after = fixed_loss()
     assert stats["steps"] == 8 * (len(train_set) // 4)

@@ -41,7 +41,7 @@ def text_path(fast: bool):
 
 def build(bb, name, **overrides):
     """A CoOp/CoCoOp method on the tiny ViT with NAMES as its classes (as bench/gpu_path.py does)."""
-    from fewclip.engine.images import ImageTask
+    from fewclip.engine.inputs import ImageTask
     from fewclip.methods import ClassSet, get_method, resolve_hparams
 
     torch.manual_seed(0)

@@ -13,12 +13,12 @@ import random
 import warnings
 from pathlib import Path
 
+from ..constants import PRESETS
 from ..errors import ConfigError, DataError, FewclipError
 from ..io import read_json, sha256_json, write_json
 from .datasets import DATASETS, Dataset, Item, base_new_labels
 
 MANIFEST_KEYS = ("dataset", "shots", "seed", "preset", "val_is_test", "train", "val", "short_classes", "sha256")
-PRESETS = ("clean", "official")
 
 
 def _group_by_label(items: list[Item]) -> dict[int, list[Item]]:

@@ -69,3 +69,24 @@ def clear_image_cache() -> None:
     global _cached_bytes
     _cache.clear()
     _cached_bytes = 0
+
+
+class ImageItems:
+    """A torch map-style dataset: (transform(image), label) of `items` of `dataset`, in order.
+
+    `seed_of(i, item)` gives the seed of image i's random augmentation (None, or no `seed_of`:
+    the transform runs unseeded, for deterministic test transforms)."""
+
+    def __init__(self, dataset, items, transform, seed_of=None):
+        self.dataset, self.items, self.transform, self.seed_of = dataset, items, transform, seed_of
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        from .transforms import apply_seeded
+
+        item = self.items[i]
+        image = load_image_cached(self.dataset.abspath(item))
+        seed = None if self.seed_of is None else self.seed_of(i, item)
+        return (self.transform(image) if seed is None else apply_seeded(self.transform, image, seed)), item.label

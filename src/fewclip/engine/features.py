@@ -24,6 +24,7 @@ Reading them needs torch only: jobs that use stored features never import open_c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -145,28 +146,10 @@ def source_differences(old: dict | None, new: dict) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if old.get(k) != new.get(k)]
 
 
-class ImageItems(torch.utils.data.Dataset):
-    """Images of `items` through `transform`. With `view` set, the augmentation of each image is
-    seeded by (path, view), so a view's features do not depend on which other images are encoded."""
-
-    def __init__(self, dataset, items, transform, view: int | None = None):
-        self.dataset, self.items, self.transform, self.view = dataset, items, transform, view
-
-    def __len__(self):
-        return len(self.items)
-
-    def seed(self, i: int, item) -> int | None:
-        """The seed of image i's augmentation (None: a deterministic transform)."""
-        return None if self.view is None else zlib.crc32(item.path.encode()) * 1009 + self.view + VIEW_SEED
-
-    def __getitem__(self, i):
-        from ..data.images import load_image_cached
-        from ..data.transforms import apply_seeded
-
-        item = self.items[i]
-        image = load_image_cached(self.dataset.abspath(item))
-        seed = self.seed(i, item)
-        return (self.transform(image) if seed is None else apply_seeded(self.transform, image, seed)), item.label
+def view_seed(view: int, i: int, item) -> int:
+    """The seed of a stored view's augmentation: from (path, view), so a view's features do not
+    depend on which other images are encoded."""
+    return zlib.crc32(item.path.encode()) * 1009 + view + VIEW_SEED
 
 
 def encode_items(backbone, dataset, items, transform, batch_size: int = 128, workers: int = 0,
@@ -175,10 +158,12 @@ def encode_items(backbone, dataset, items, transform, batch_size: int = 128, wor
     `transform` is a `batched` one (fewclip.data.transforms): it ends in an 8-bit tensor."""
     from tqdm import tqdm
 
+    from ..data.images import ImageItems
     from ..data.transforms import collate_normalized
 
+    seed_of = None if view is None else functools.partial(view_seed, view)
     loader = torch.utils.data.DataLoader(
-        ImageItems(dataset, items, transform, view), batch_size=batch_size, num_workers=workers,
+        ImageItems(dataset, items, transform, seed_of), batch_size=batch_size, num_workers=workers,
         shuffle=False, pin_memory=backbone.device.type == "cuda", collate_fn=collate_normalized,
     )
     out = [backbone.encode_images(images, normalize=False).cpu()
