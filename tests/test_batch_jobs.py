@@ -61,7 +61,7 @@ def test_a_cell_trains_the_same_first_in_its_process_or_after_another(tmp_path, 
 
 
 def test_an_unscoped_set_applies_to_every_method_and_a_scoped_one_wins(tmp_path, fixture_root, cli):
-    from fewclip.commands import parse_overrides
+    from fewclip.cli.run import parse_overrides
 
     assert parse_overrides(["epochs=3", "coop.epochs=5", "coop.lr=0.1"], ["coop", "vpt"]) == {
         "coop": {"epochs": 5, "lr": 0.1}, "vpt": {"epochs": 3}}

@@ -3,6 +3,8 @@
 `explain(err)` is the one error boundary's dictionary (used by `fewclip.cli`): it turns the
 failures a user can cause (a file that cannot be written, a corrupt or truncated file, a
 malformed store) into such a message. Errors it does not know stay tracebacks: they are bugs.
+`describe_load_error` says what a failed `torch.load` means (`fewclip.io.torch_load` uses it).
+This module imports nothing of fewclip: every other module may import it.
 """
 
 from __future__ import annotations
@@ -64,8 +66,6 @@ def explain(err: BaseException) -> tuple[str, int] | None:
         msg = str(err)
         cause = err.__cause__
         if cause is not None and _is_load_error(cause):  # say what torch's raw text means
-            from .io import describe_load_error
-
             raw = str(cause)
             if raw and raw in msg:
                 msg = msg.replace(raw, describe_load_error(cause))
@@ -83,8 +83,6 @@ def explain(err: BaseException) -> tuple[str, int] | None:
     where = _where(err.__traceback__)
     at = f" {where}" if where else ""
     if isinstance(err, (pickle.UnpicklingError, EOFError)) or (isinstance(err, RuntimeError) and _is_load_error(err)):
-        from .io import describe_load_error
-
         return (f"cannot read{at or ' a saved file'}: {describe_load_error(err)}; replace it with a correct copy, "
                 "or delete it and rerun the step that writes it (`fewclip encode`, `fewclip run`)"), 2
     if _is_arrow_error(err):
@@ -99,6 +97,19 @@ def explain(err: BaseException) -> tuple[str, int] | None:
                 "fewclip writes: delete it and rerun the step that writes it (rerun with --debug for the "
                 "traceback)"), 2
     return None
+
+
+def describe_load_error(err: BaseException) -> str:
+    """What a failed `torch.load` means, in our words: torch's own text suggests
+    weights_only=False (running the file's code), which fewclip never does."""
+    text = str(err)
+    if isinstance(err, EOFError) or "central directory" in text or "PytorchStreamReader" in text:
+        return "the file is empty or truncated"
+    if "Unsupported global" in text or "GLOBAL" in text:
+        return "the file holds objects other than tensors, lists and dicts (refused: fewclip loads only tensors)"
+    if "weights_only" in text or "Weights only" in text:
+        return "the file is not a torch tensor file, or it is corrupt (refused: fewclip loads only tensors)"
+    return "the file is not a torch tensor file, or it is corrupt"
 
 
 def _is_load_error(err: BaseException) -> bool:

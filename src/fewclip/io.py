@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import FewclipError
+from .errors import FewclipError, describe_load_error
 
 
 def _umask() -> int:
@@ -100,19 +100,6 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
             f"{what} {path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
             "replace it with a correct copy"
         ) from err
-
-
-def describe_load_error(err: BaseException) -> str:
-    """What a failed `torch.load` means, in our words: torch's own text suggests
-    weights_only=False (running the file's code), which fewclip never does."""
-    text = str(err)
-    if isinstance(err, EOFError) or "central directory" in text or "PytorchStreamReader" in text:
-        return "the file is empty or truncated"
-    if "Unsupported global" in text or "GLOBAL" in text:
-        return "the file holds objects other than tensors, lists and dicts (refused: fewclip loads only tensors)"
-    if "weights_only" in text or "Weights only" in text:
-        return "the file is not a torch tensor file, or it is corrupt (refused: fewclip loads only tensors)"
-    return "the file is not a torch tensor file, or it is corrupt"
 
 
 def torch_load(path: str | os.PathLike, what: str, fix: str) -> Any:

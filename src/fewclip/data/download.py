@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import socket
-import sys
 import tarfile
 import tempfile
 import time
@@ -42,7 +41,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, DataError
 from ..io import write_json
-from .datasets import DATASETS, check_dataset, get_spec
+from .datasets import check_dataset, get_spec
 
 SOURCES = Path(__file__).with_name("sources.json")
 DOWNLOADS = ".downloads"
@@ -55,54 +54,6 @@ ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gz
 
 def marker_path(root, name: str) -> Path:
     return Path(root) / f".fewclip-download-{name}.json"
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def register(sub) -> None:
-    p = sub.add_parser(
-        "download",
-        help="fetch, verify, extract and arrange datasets into the CoOp layout (ImageNet: instructions + check)",
-        description="Fetch, verify, extract and arrange datasets into CoOp's layout under --data-root. "
-        "Datasets: the 15 of SPEC §4 (imagenet, caltech101, oxford_pets, ..., imagenet_r; see "
-        "`fewclip doctor`), or 'all' = every dataset of the sources table.",
-    )
-    p.add_argument("datasets", nargs="+", metavar="DATASET", help="dataset names, or 'all'")
-    p.add_argument("--data-root", required=True)
-    p.add_argument("--mirror", action="append", default=[], metavar="URL_BASE",
-                   help="tried first for every file as URL_BASE/<file name> (repeatable)")
-    p.add_argument("--sources", help="a sources table (JSON) to use instead of the packaged one")
-    p.add_argument("--retries", type=int, default=3,
-                   help="resumed attempts per URL after a dropped connection (default 3)")
-    p.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds (default 60)")
-    p.add_argument("--keep-archives", action="store_true",
-                   help="keep the verified archives in <data-root>/.downloads after extraction")
-    p.add_argument("--force", action="store_true",
-                   help="replace a dataset folder that exists but is not ok (the old one is renamed "
-                   "<folder>.replaced-<time>, never deleted)")
-    p.set_defaults(func=cmd_download)
-
-
-def cmd_download(args) -> int:
-    table = load_sources(args.sources)
-    names = [n for n in table["datasets"] if n in DATASETS] if args.datasets == ["all"] else args.datasets
-    for name in names:
-        get_spec(name)
-    failures = []
-    for name in names:
-        try:
-            prepare(name, args.data_root, table, mirrors=args.mirror, retries=args.retries,
-                    timeout=args.timeout, keep_archives=args.keep_archives, force=args.force)
-        except DataError as err:
-            if len(names) == 1:
-                raise
-            print(f"{name}: FAILED: {err}", file=sys.stderr)
-            failures.append(name)
-    if failures:
-        raise DataError(f"{len(failures)} of {len(names)} dataset(s) not prepared: {', '.join(failures)} "
-                        "(messages above); fix and rerun: finished datasets are skipped")
-    return 0
 
 
 # ----------------------------------------------------------------------------- the table
