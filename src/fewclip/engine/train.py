@@ -50,13 +50,6 @@ class TrainConfig:
     cpu_half: bool = False  # run a requested pure fp16 on the CPU too (tests of its mechanics)
 
 
-
-
-def dassl_drop_last(n: int, batch_size: int) -> bool:
-    """Dassl's train loader (`data_manager.build_data_loader`): `drop_last = len(data) >= batch_size`."""
-    return n >= batch_size
-
-
 @dataclass(frozen=True)
 class Precision:
     """How a run computes: `half` (pure fp16 weights), else fp32 weights with an optional
@@ -149,12 +142,6 @@ def lr_at(base_lr: float, epoch: int, it: int, iters: int, cfg: TrainConfig, war
     return 0.5 * base_lr * (1 + math.cos(math.pi * (epoch - warmup_epochs) / cfg.epochs))
 
 
-def _precision(cfg: TrainConfig, device: torch.device):
-    """(autocast dtype or None, GradScaler?) of a config (pure fp16 autocasts nothing)."""
-    p = resolve_precision(cfg.precision, device, cfg.cpu_half)
-    return p.autocast, p.scaler
-
-
 def _optimizer(groups, cfg: TrainConfig):
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -168,11 +155,39 @@ def train(method, batches: Callable[[int], Iterable], cfg: TrainConfig, device: 
           desc: str = "train") -> dict:
     """Train `method` in place; returns {"epochs", "steps", "final_loss", "resumed_from",
     "precision"}."""
-    from tqdm import tqdm
-
     precision = resolve_precision(cfg.precision, device, cfg.cpu_half)
     if precision.half:
         method.to_half()  # the method's own precision hook (fewclip.methods.base.Method.to_half)
+    opt = _optimizer(_param_groups(method, cfg), cfg)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision.scaler)
+
+    start, steps, last_loss = 0, 0, float("nan")
+    good_epoch = None  # the last epoch whose (finite) state is in `checkpoint`
+    if checkpoint is not None and Path(checkpoint).is_file():
+        start, steps, last_loss = _resume(checkpoint, method, opt, scaler, cfg, device)
+        good_epoch = start
+    resumed_from = start
+
+    method.train()
+    for epoch in range(start, cfg.epochs):
+        before = steps
+        steps, last_loss = _epoch(method, batches, opt, scaler, precision, cfg, device, epoch, steps, desc,
+                                  checkpoint, good_epoch)
+        if on_epoch_end is not None:
+            method.eval()
+            on_epoch_end(epoch)
+            method.train()
+        if checkpoint is not None:
+            _save(checkpoint, method, opt, scaler, cfg, device, epoch, steps, last_loss, good_epoch,
+                  last_step=max(steps - before - 1, 0))
+            good_epoch = epoch + 1
+    method.eval()
+    return {"epochs": cfg.epochs, "steps": steps, "final_loss": last_loss, "resumed_from": resumed_from,
+            "precision": precision.describe()}
+
+
+def _param_groups(method, cfg: TrainConfig) -> list[dict]:
+    """The method's groups with their trainable parameters, lr and warm-up (the config's by default)."""
     groups = []
     for g in method.param_groups():
         g = dict(g)
@@ -184,75 +199,72 @@ def train(method, batches: Callable[[int], Iterable], cfg: TrainConfig, device: 
             groups.append(g)
     if not groups:
         raise FewclipError(f"method {method.name} has no trainable parameters")
-    opt = _optimizer(groups, cfg)
-    dtype, use_scaler = precision.autocast, precision.scaler
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    return groups
 
-    start, steps, last_loss = 0, 0, float("nan")
-    good_epoch = None  # the last epoch whose (finite) state is in `checkpoint`
-    if checkpoint is not None and Path(checkpoint).is_file():
-        state = torch_load(checkpoint, "training checkpoint", "delete it to start this run from scratch")
-        if not isinstance(state, dict) or not {"method", "optimizer", "epoch"} <= set(state):
-            raise FewclipError(f"training checkpoint {checkpoint} is not one fewclip wrote (keys missing); "
-                               "delete it to start this run from scratch")
-        if not _finite(state["method"]):
-            raise FewclipError(f"training checkpoint {checkpoint} holds non-finite (NaN/inf) weights; "
-                               "delete it to start this run from scratch")
-        if state.get("identity") != cfg.identity:
-            raise FewclipError(
-                f"checkpoint {checkpoint} belongs to another run ({state.get('identity')}), not to "
-                f"{cfg.identity}; delete it to start this run from scratch"
-            )
-        method.load_state_dict(state["method"])
-        opt.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"])
-        start, steps, last_loss = state["epoch"] + 1, state["steps"], state["loss"]
-        good_epoch = start
-    resumed_from = start
 
-    method.train()
-    for epoch in range(start, cfg.epochs):
-        epoch_batches = list(batches(epoch)) if cfg.schedule == "cosine_iter" else batches(epoch)
-        iters = len(epoch_batches) if cfg.schedule == "cosine_iter" else 1
-        bar = tqdm(epoch_batches, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="batch")
-        total, n = 0.0, 0
-        for it, batch in enumerate(bar):
-            if precision.half:
-                batch = _half_batch(batch)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(g["base_lr"], epoch, it, iters, cfg, g["warmup_epochs"])
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss = method.loss(batch, epoch)
-            if not torch.isfinite(loss):
-                raise _poisoned(f"loss became {loss.item()}", epoch, it, checkpoint, good_epoch)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            if not _finite(g["params"] for g in opt.param_groups):  # a finite loss, NaN/inf gradients
-                raise _poisoned("the weights became NaN/inf", epoch, it, checkpoint, good_epoch)
-            steps += 1
-            total, n = total + loss.item(), n + 1
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
-        last_loss = total / max(n, 1)
-        if on_epoch_end is not None:
-            method.eval()
-            on_epoch_end(epoch)
-            method.train()
-        if checkpoint is not None:
-            state = {"identity": cfg.identity, "epoch": epoch, "steps": steps, "loss": last_loss,
-                     "method": method.state_dict(), "optimizer": opt.state_dict(),
-                     "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state()}
-            if device.type == "cuda":
-                state["cuda_rng"] = torch.cuda.get_rng_state()
-            if not _finite(state["method"]):  # never save a poisoned state over a good one
-                raise _poisoned("the state became NaN/inf", epoch, max(n - 1, 0), checkpoint, good_epoch)
-            with atomic_path(checkpoint) as tmp:
-                torch.save(state, tmp)
-            good_epoch = epoch + 1
-    method.eval()
-    return {"epochs": cfg.epochs, "steps": steps, "final_loss": last_loss, "resumed_from": resumed_from,
-            "precision": precision.describe()}
+def _epoch(method, batches, opt, scaler, precision: Precision, cfg: TrainConfig, device: torch.device, epoch: int,
+           steps: int, desc: str, checkpoint, good_epoch) -> tuple[int, float]:
+    """One epoch of steps; returns (steps so far, the epoch's mean loss)."""
+    from tqdm import tqdm
+
+    dtype = precision.autocast
+    epoch_batches = list(batches(epoch)) if cfg.schedule == "cosine_iter" else batches(epoch)
+    iters = len(epoch_batches) if cfg.schedule == "cosine_iter" else 1
+    bar = tqdm(epoch_batches, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="batch")
+    total, n = 0.0, 0
+    for it, batch in enumerate(bar):
+        if precision.half:
+            batch = _half_batch(batch)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(g["base_lr"], epoch, it, iters, cfg, g["warmup_epochs"])
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = method.loss(batch, epoch)
+        if not torch.isfinite(loss):
+            raise _poisoned(f"loss became {loss.item()}", epoch, it, checkpoint, good_epoch)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        if not _finite(g["params"] for g in opt.param_groups):  # a finite loss, NaN/inf gradients
+            raise _poisoned("the weights became NaN/inf", epoch, it, checkpoint, good_epoch)
+        steps += 1
+        total, n = total + loss.item(), n + 1
+        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
+    return steps, total / max(n, 1)
+
+
+def _resume(checkpoint: Path, method, opt, scaler, cfg: TrainConfig, device: torch.device) -> tuple[int, int, float]:
+    """Load a training checkpoint of this very run; returns (next epoch, steps, loss)."""
+    state = torch_load(checkpoint, "training checkpoint", "delete it to start this run from scratch")
+    if not isinstance(state, dict) or not {"method", "optimizer", "epoch"} <= set(state):
+        raise FewclipError(f"training checkpoint {checkpoint} is not one fewclip wrote (keys missing); "
+                           "delete it to start this run from scratch")
+    if not _finite(state["method"]):
+        raise FewclipError(f"training checkpoint {checkpoint} holds non-finite (NaN/inf) weights; "
+                           "delete it to start this run from scratch")
+    if state.get("identity") != cfg.identity:
+        raise FewclipError(
+            f"checkpoint {checkpoint} belongs to another run ({state.get('identity')}), not to "
+            f"{cfg.identity}; delete it to start this run from scratch"
+        )
+    method.load_state_dict(state["method"])
+    opt.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"])
+    return state["epoch"] + 1, state["steps"], state["loss"]
+
+
+def _save(checkpoint: Path, method, opt, scaler, cfg: TrainConfig, device: torch.device, epoch: int, steps: int,
+          loss: float, good_epoch, last_step: int) -> None:
+    """The end-of-epoch checkpoint, atomically; a poisoned state never replaces a good one."""
+    state = {"identity": cfg.identity, "epoch": epoch, "steps": steps, "loss": loss,
+             "method": method.state_dict(), "optimizer": opt.state_dict(),
+             "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state()
+    if not _finite(state["method"]):
+        raise _poisoned("the state became NaN/inf", epoch, last_step, checkpoint, good_epoch)
+    with atomic_path(checkpoint) as tmp:
+        torch.save(state, tmp)
