@@ -20,9 +20,10 @@ from typing import Any
 
 from ..constants import PRESETS, PROTOCOLS
 from ..errors import ConfigError
-from .base import HP, RESOURCE_DEFAULTS, ClassSet, DataNeeds, Method, NotApplicable
+from .base import HP, RESOURCE_DEFAULTS, ClassSet, DataNeeds, Method, NotApplicable, train_hparams
 
-__all__ = ["HP", "RESOURCE_DEFAULTS", "ClassSet", "DataNeeds", "Method", "NotApplicable", "REGISTRY", "register",
+__all__ = ["HP", "RESOURCE_DEFAULTS", "ClassSet", "DataNeeds", "Method", "NotApplicable", "train_hparams", "REGISTRY",
+           "register",
            "load_all", "get_method", "image_methods", "resolve_hparams", "validate_hparams", "as_number"]
 
 REGISTRY: dict[str, type[Method]] = {}
@@ -60,11 +61,22 @@ def _import_plugin(entry: str) -> None:
         path = Path(entry)
         if not path.is_file():
             raise ConfigError(f"FEWCLIP_PLUGINS names {path}, which does not exist")
-        spec = importlib.util.spec_from_file_location(f"fewclip_plugin_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    else:
-        importlib.import_module(entry)
+    try:
+        if entry.endswith(".py"):
+            spec = importlib.util.spec_from_file_location(f"fewclip_plugin_{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            importlib.import_module(entry)
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure of the user's code becomes one clear error
+        import traceback
+
+        frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith("<frozen")]
+        where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+        raise ConfigError(f"the method plugin {entry} (FEWCLIP_PLUGINS) failed to load{where}: "
+                          f"{type(err).__name__}: {err}. Fix the plugin, or remove it from FEWCLIP_PLUGINS") from err
 
 
 def get_method(name: str) -> type[Method]:
