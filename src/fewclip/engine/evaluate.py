@@ -32,7 +32,7 @@ def write_eval(out: Path, ds: Dataset, paths: list[str], labels: torch.Tensor, l
         with atomic_path(out / "predictions.parquet") as tmp:
             frame.to_parquet(tmp, index=False)
         metrics.update(top1=100.0 * correct.float().mean().item() if len(paths) else 0.0, n_test=len(paths))
-        if report is not None:  # the number the official code reports (Tip-Adapter-F: a max)
+        if report is not None:  # the number the official code reports (Method.report)
             metrics.update(report(metrics["top1"]))
     write_json(out / "metrics.json", metrics)
     return metrics

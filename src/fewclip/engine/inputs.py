@@ -176,9 +176,9 @@ class FeatureInputs(_Inputs):
 def view_batches(task: FeatureTask, batch_size: int, seed: int, drop_last: bool = False):
     """Each epoch: every few-shot image once, as one of its stored augmented views, shuffled.
 
-    With `drop_last` (CLIP-Adapter under `official`: a Dassl trainer) the last incomplete batch
+    With `drop_last` (a method trained by a Dassl trainer in its official code) the last incomplete batch
     is dropped when the set holds at least one full batch, as Dassl's train loader does;
-    Tip-Adapter-F's own loader keeps it."""
+    other official loaders keep it."""
     views = task.views.features
     n_views, n = views.shape[0], views.shape[1]
     stop = n - n % batch_size if drop_last and dassl_drop_last(n, batch_size) else n

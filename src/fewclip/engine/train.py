@@ -5,11 +5,11 @@ Methods provide `param_groups()` (each group may carry its own `lr` and `warmup_
 `loss(batch, epoch)`; the caller provides `batches(epoch)`, an iterable of batches already on
 the device. Schedules follow Dassl (SPEC §2): during warm-up the lr is a constant
 `warmup_lr`; afterwards a cosine over `epochs` restarts its count (WARMUP_RECOUNT), stepped per
-epoch; `schedule="cosine_iter"` (Tip-Adapter-F) anneals per iteration over all iterations.
+epoch; `schedule="cosine_iter"` anneals per iteration over all iterations.
 
 Precision (`precision` hp; SPEC §2.2; the result's `train.precision` records what ran):
-- "fp16": **pure fp16**, the official code's `PREC fp16` (CoOp, CoCoOp, VPT, VLP, DPT) and
-  Tip-Adapter-F's fp16 adapter: the frozen CLIP (a half copy held by the method), the learned
+- "fp16": **pure fp16**, the official code's `PREC fp16` (the Dassl prompt
+  trainers) and fp16 cache adapters: the frozen CLIP (a half copy held by the method), the learned
   tensors, Meta-Net, CAVPT and the method's buffers are cast to half, batches are fed in half, no
   autocast, **no GradScaler**, and SGD/AdamW update the half weights (their state is half too).
   The `official` preset's setting. GPU only: on the CPU it runs fp32 and says so, unless

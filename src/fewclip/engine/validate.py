@@ -66,7 +66,7 @@ def validate_spec(spec: RunSpec) -> Checked:
     check_owner(spec.identity(), out)
     if not Path(spec.data_root).is_dir():
         raise DataError(f"data root {spec.data_root} does not exist; pass the folder that holds the datasets "
-                        "(CoOp layout) to --data-root, or prepare it with `fewclip download`")
+                        "(the layout of docs/data.md) to --data-root, or prepare it with `fewclip download`")
     full = cached_dataset(spec.dataset, spec.data_root)
     check_not_empty(full.name, full.test, "test")
     if spec.protocol == "base2new":

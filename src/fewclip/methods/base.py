@@ -142,7 +142,7 @@ class Method(nn.Module):
     hparams: ClassVar[dict[str, Any]] = {}  # after class creation: the plain defaults
     hparam_specs: ClassVar[dict[str, HP]] = {}  # ... and each key's HP (built from `hparams`)
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
-    # What one cell needs on the paper's hardware, on a dataset of CoOp's size (the workflow scales it
+    # What one cell needs on the paper's hardware, on a dataset of the usual size (the workflow scales it
     # for ImageNet-sized ones): {"mem_mb": MB, "runtime": minutes}; keys left out take the defaults
     # of the method's side (`RESOURCE_DEFAULTS`).
     resources: ClassVar[dict[str, int]] = {}
