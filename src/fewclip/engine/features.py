@@ -8,7 +8,8 @@ Layout under `root/{backbone_key}/{dataset}/`:
 - `store.json`  what the store was computed from (its `source`) and how many images were encoded
 
 Image features are stored **raw** (the encoder's output before L2 normalisation, fp16):
-cache models average unnormalised views and the official linear probe (lpclip) fits raw features
+cache models average unnormalised views and lpclip (the official logistic regression) fits raw
+features
 (SPEC §2.3). `Features.features` is the normalised copy every other method reads, `Features.raw`
 the raw one.
 
