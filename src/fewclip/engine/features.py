@@ -9,8 +9,7 @@ Layout under `root/{backbone_key}/{dataset}/`:
 
 Image features are stored **raw** (the encoder's output before L2 normalisation, fp16):
 cache models average unnormalised views and lpclip (the official logistic regression) fits raw
-features
-(SPEC §2.3). `Features.features` is the normalised copy every other method reads, `Features.raw`
+features (SPEC §2.3). `Features.features` is the normalised copy every other method reads, `Features.raw`
 the raw one.
 
 Every file records its `source`: the weights (sha256 of a local checkpoint, or the open_clip tag
