@@ -13,6 +13,8 @@ import shutil
 from conftest import REPO, refused
 from test_workflow import job_stats, snakemake
 
+from fewclip.grid import image_methods
+
 TINY = "fewclip-tiny-vit"
 
 
@@ -131,7 +133,7 @@ def test_the_demo_runs_each_cell_once_in_one_job_per_protocol_dataset_and_side(t
     batch = {r: n for r, n in stats.items() if r.startswith("fit_batch")}
     assert sum(batch.values()) == 14 and set(batch) == {
         f"fit_batch_{p}_micro_{side}" for p in ("fewshot", "base2new", "dg") for side in ("images", "features")}
-    assert _batched_cells(out, set(demo["image_methods"])) == _planned(demo)
+    assert _batched_cells(out, image_methods()) == _planned(demo)
 
 
 def test_the_paper_grid_batched_runs_each_of_its_cells_once(tmp_path, fixture_root):
@@ -147,5 +149,5 @@ def test_the_paper_grid_batched_runs_each_of_its_cells_once(tmp_path, fixture_ro
     stats = job_stats(out)
     assert "fit" not in stats and "fit_gpu" not in stats
     assert stats["fit_batch_fewshot_ViT_B_32_images"] == 11 and stats["fit_batch_dg_ViT_B_16_images"] == 1
-    ran = _batched_cells(out, set(paper["image_methods"]))
+    ran = _batched_cells(out, image_methods())
     assert len(ran) == 2232 and ran == _planned(paper)

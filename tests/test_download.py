@@ -519,10 +519,15 @@ def test_snakemake_rule_downloads_and_writes_the_marker(server, tmp_path):
         cwd=work, env=env, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rule download:" in proc.stderr and "wildcards: dataset=dtd" in proc.stderr  # one wildcard rule
     assert json.loads(marker.read_text())["status"] == "ok"
     assert check_dataset("dtd", root)["status"] == "ok"
     assert (work / "logs" / "download" / "dtd.log").is_file()
     assert (work / "benchmarks" / "download" / "dtd.tsv").is_file()
+    # {dataset} is one `fewclip download` knows: another name has no rule to make its marker
+    proc = subprocess.run([str(BIN / "snakemake"), "-n", "-c1", str(download.marker_path(root, "demo_shapes"))],
+                          cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "MissingRuleException" in proc.stdout + proc.stderr, proc.stderr[-3000:]
 
 
 def test_dead_host_dataset_from_a_file_mirror(server, tmp_path):

@@ -17,6 +17,8 @@ import pytest
 from conftest import REPO, fewclip
 from test_workflow import job_stats, snakemake
 
+from fewclip.paths import run_dir
+
 ELEVEN = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
           "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101"]
 # Tip-Adapter configs/<dataset>.yaml: init_alpha, search_scale [beta_max, alpha_max]
@@ -26,7 +28,7 @@ TIP = {"imagenet": (1.17, 7, 3), "caltech101": (3, 12, 5), "oxford_pets": (1.17,
        "ucf101": (3, 7, 3)}
 DASSL_SGD = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "warmup_lr": 1e-5,
              "schedule": "cosine_epoch", "crop_scale_min": 0.08}
-PROMPT_METHODS = ("coop", "cocoop", "vpt", "vlp", "dpt")
+PROMPT_METHODS = ("coop", "cocoop", "vpt", "vlp", "dpt")  # the official code trains them in pure fp16
 
 
 def coop_epochs(dataset, shots):  # COOP.md: rn50_ep50 / rn50_ep100 / rn50; ImageNet *_ep50 for all
@@ -177,7 +179,7 @@ def test_paper_run_plans_only_paper_jobs_with_paper_settings(tmp_path, fixture_r
     for r in paper_plans["clean"]:
         from fewclip.plan import hparams_digest
 
-        run = f"results/runs/{r['protocol']}/{r['backbone']}/{r['dataset']}/{r['method']}/{r['shots']}shot/seed{r['seed']}"
+        run = run_dir(r["protocol"], r["backbone"], r["dataset"], r["method"], r["shots"], r["seed"])
         digests[run] = hparams_digest(r["hparams"])
     jobs = re.findall(r"fewclip run .*?--expect-hparams (\w+) .*?--out (\S+)", out)
     assert len(jobs) == 2232

@@ -186,13 +186,20 @@ def test_methods_lists_the_registry():
     assert "zeroshot" in proc.stdout
 
 
+# The methods that ship with fewclip: the one hand-written list of them (everything else, the
+# workflow included, reads the registry).
+BUILTIN_METHODS = {"zeroshot", "linear_probe", "coop", "cocoop", "clip_adapter", "tip_adapter",
+                   "tip_adapter_f", "vpt", "vlp", "dpt"}
+IMAGE_ENCODER_METHODS = {"coop", "cocoop", "vpt", "vlp", "dpt"}  # needs = "images"
+
+
 def test_builtin_method_names_match_the_registry(monkeypatch):
-    from fewclip.grid import BUILTIN_METHODS
-    from fewclip.methods import REGISTRY, load_all
+    from fewclip.methods import REGISTRY, image_methods, load_all
 
     load_all()
     builtin = {n for n, c in REGISTRY.items() if c.__module__.startswith("fewclip.methods.")}
-    assert builtin == set(BUILTIN_METHODS)
+    assert builtin == BUILTIN_METHODS
+    assert set(image_methods()) & BUILTIN_METHODS == IMAGE_ENCODER_METHODS
 
 
 def test_seeded_transform_draws_as_under_a_global_seed_and_leaves_the_stream_alone():

@@ -16,6 +16,8 @@ import yaml
 
 from conftest import BIN, REPO
 
+from fewclip.paths import run_dir
+
 DEFAULT_PROFILE = REPO / "workflow" / "profiles" / "default"
 
 
@@ -83,6 +85,65 @@ def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, fixture_root, 
         assert "unknown method 'zeroshott'" in out and "clip_adapter, cocoop, coop" in out and "FEWCLIP_PLUGINS" in out
     if key.endswith("backbone"):
         assert "allowed: tiny" in out
+
+
+def test_a_config_that_still_sets_image_methods_is_told_what_replaced_it(tmp_path, fixture_root):
+    """`image_methods` is gone (issue 23): a method's class declares `needs`. An old config gets one
+    error naming the key and the fix, not the schema's "Additional properties are not allowed"."""
+    cfg = write_config(tmp_path / "old.yaml", fixture_root, image_methods=["coop", "cocoop", "vpt", "vlp", "dpt"])
+    rc, out = snakemake("-n", "--configfile", cfg, "--directory", tmp_path / "work", timeout=120)
+    assert rc != 0, out[-3000:]
+    assert "config key image_methods: no longer read" in out, out[-3000:]
+    assert "drop it; a method's class declares needs" in out and "Additional properties" not in out
+    assert "Job stats" not in out
+
+
+# (mem_mb, runtime in minutes) of one cell, worked out by hand from the workflow's table before
+# the methods declared their resources (METHOD_RESOURCES in common.smk: CoCoOp 24 000 MB / 480 min,
+# CoOp 16 000 / 120, VPT 16 000 / 180, DPT 20 000 / 240, zero-shot 2 000 / 5, linear probe
+# 4 000 / 10, Tip-Adapter-F 6 000 / 20; ImageNet ×2 memory ×4 time, SUN397/Food-101 ×2 time; an
+# image-encoder method's time t becomes t·(1+K)//8 + t//2).
+CELL_RESOURCES = [
+    ("cocoop", "imagenet", 16, 48000, 5040),  # 1920·17//8 + 960
+    ("coop", "oxford_flowers", 16, 16000, 315),  # 120·17//8 + 60
+    ("dpt", "dtd", 16, 20000, 630),  # 240·17//8 + 120
+    ("vpt", "sun397", 1, 16000, 270),  # 360·2//8 + 180
+    ("coop", "imagenet", 1, 32000, 360),  # 480·2//8 + 240
+    ("zeroshot", "dtd", 1, 2000, 5),
+    ("zeroshot", "imagenet", 16, 4000, 20),
+    ("linear_probe", "imagenet", 8, 8000, 40),
+    ("tip_adapter_f", "food101", 4, 6000, 40),
+]
+
+
+@pytest.mark.parametrize("method,dataset,shots,mem_mb,minutes", CELL_RESOURCES,
+                         ids=[f"{m}-{d}-{k}" for m, d, k, *_ in CELL_RESOURCES])
+def test_cell_resources_are_the_workflow_numbers(method, dataset, shots, mem_mb, minutes):
+    from fewclip.grid import cell_resources
+
+    assert cell_resources(method, dataset, shots) == (mem_mb, minutes)
+
+
+def test_a_method_that_declares_no_resources_gets_its_sides_defaults(monkeypatch):
+    """A plugin without `resources`: 16 000 MB / 240 min for an image-encoder method, 4 000 / 15
+    for a feature-level one (the workflow's defaults before issue 23), scaled the same way."""
+    from fewclip.grid import cell_resources, image_methods
+    from fewclip.methods import REGISTRY, Method, load_all
+
+    load_all()
+
+    class Images(Method):
+        name, needs = "plain_images", "images"
+
+    class Features(Method):
+        name, needs = "plain_features", "features"
+
+    monkeypatch.setitem(REGISTRY, "plain_images", Images)
+    monkeypatch.setitem(REGISTRY, "plain_features", Features)
+    assert cell_resources("plain_images", "dtd", 1) == (16000, 240 * 2 // 8 + 120)
+    assert cell_resources("plain_images", "imagenet", 16) == (32000, 960 * 17 // 8 + 480)
+    assert cell_resources("plain_features", "food101", 16) == (4000, 30)
+    assert "plain_images" in image_methods() and "plain_features" not in image_methods()
 
 
 def test_paper_config_plans_the_whole_grid(tmp_path, fixture_root):
@@ -195,19 +256,26 @@ def test_gpu_pool_leaves_cpu_and_slurm_jobs_alone(tmp_path):
 
 
 def test_snakemake_runs_gpu_jobs_side_by_side_on_distinct_devices(tmp_path, fixture_root):
-    """`--resources gpu=2` with 2 fake GPUs: GPU jobs (here zeroshot declared an image method,
-    device auto: no CUDA, so they compute on the CPU) each get a device id from the pool."""
-    cfg = write_config(tmp_path / "c.yaml", fixture_root, device="auto", image_methods=["zeroshot"], seeds=[1, 2, 3])
+    """`--resources gpu=2` with 2 fake GPUs: the cells of an image-encoder method (CoOp, one epoch;
+    device auto: no CUDA, so they compute on the CPU) are `fit_gpu` jobs and each get a device id
+    from the pool."""
+    runs = [{"backbone": "tiny", "methods": ["coop"]}]
+    cfg = write_config(tmp_path / "c.yaml", fixture_root, device="auto", seeds=[1, 2, 3],
+                       method_params={"coop": {"epochs": 1}},
+                       protocols={"fewshot": {"datasets": ["eurosat"], "shots": [1], "runs": runs}})
     work = tmp_path / "work"
     rc, out = snakemake("--workflow-profile", DEFAULT_PROFILE, "--cores", "2", "--resources", "gpu=2",
                         "--configfile", cfg, "--directory", work, timeout=400,
                         env={"FEWCLIP_GPUS": "0,1", "FEWCLIP_GPU_POOL": str(tmp_path / "pool")})
     assert rc == 0, out[-5000:]
-    assert job_stats(out)["fit_gpu"] == 3
+    stats = job_stats(out)
+    assert stats["fit_gpu"] == 3 and "fit" not in stats
     devices = []
     for seed in (1, 2, 3):
-        m = json.loads((work / f"results/runs/fewshot/tiny/eurosat/zeroshot/1shot/seed{seed}/metrics.json").read_text())
+        run = work / run_dir("fewshot", "tiny", "eurosat", "coop", 1, seed)
+        m = json.loads((run / "metrics.json").read_text())
+        assert m["status"] == "complete" and m["epochs"] == 1
         devices.append(m["provenance"]["cuda_visible_devices"])
-        log = (work / f"logs/fit/fewshot/tiny/eurosat/zeroshot/1shot_seed{seed}.log").read_text()
+        log = (work / f"logs/fit/fewshot/tiny/eurosat/coop/1shot_seed{seed}.log").read_text()
         assert f"GPU {devices[-1]} claimed from the pool" in log
     assert set(devices) <= {"0", "1"}

@@ -2,6 +2,11 @@
 
 A cell is one (protocol, backbone, dataset, method, shots, seed) run directory; DG and
 base-to-new evaluations are extra `eval_{target}` folders inside a cell's directory.
+
+What a cell needs from a scheduler (its side, memory, run time) comes from its method's class in
+the registry (`needs`, `resource_needs()`), never from the config: `image_methods` and
+`cell_resources` are what the Snakemake rules call. The methods are imported only there (torch),
+so `fewclip collect` can read the grid without them.
 """
 
 from __future__ import annotations
@@ -9,12 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import paths
 
-# The methods that ship with fewclip (the registry must list exactly these; a test checks it).
-# Configs are checked against the registry itself (fewclip.plan), which also holds the user's
-# FEWCLIP_PLUGINS.
-BUILTIN_METHODS = ("zeroshot", "linear_probe", "coop", "cocoop", "clip_adapter", "tip_adapter",
-                   "tip_adapter_f", "vpt", "vlp", "dpt")
+# Datasets whose test sets / class counts make a cell slower: ImageNet's cells take 4× the time and
+# 2× the memory of a CoOp-sized dataset's, the others 2× the time.
+IMAGENET_LIKE = ("imagenet", "sun397", "food101")
 
 
 @dataclass(frozen=True)
@@ -35,8 +39,36 @@ class Cell:
         return [f"{self.run_dir}/eval_{t}" for t in self.evals]
 
 
-def run_dir(protocol, backbone, dataset, method, shots, seed, results: str = "results") -> str:
-    return f"{results}/runs/{protocol}/{backbone}/{dataset}/{method}/{shots}shot/seed{seed}"
+def run_dir(protocol, backbone, dataset, method, shots, seed, results: str = paths.RESULTS) -> str:
+    """A cell's run directory (`paths.RUN_DIR`) under `results`."""
+    return paths.run_dir(protocol, backbone, dataset, method, shots, seed, results=results)
+
+
+def image_methods() -> set[str]:
+    """The registered methods (fewclip's and FEWCLIP_PLUGINS') that train through the image encoder,
+    as their classes declare (`needs = "images"`): their cells run on `device` and hold a GPU; the
+    others read the feature store on the CPU."""
+    from .methods import image_methods as registered
+
+    return set(registered())
+
+
+def cell_resources(method: str, dataset: str, shots: int) -> tuple[int, int]:
+    """(mem_mb, runtime in minutes) of one cell: the method's `resource_needs()` (a CoOp-sized
+    dataset on the paper's GPUs) scaled for the dataset (ImageNet ×2 memory and ×4 time, the other
+    IMAGENET_LIKE ×2 time) and, for image-encoder methods, for K (training time grows with the shots)."""
+    from .methods import get_method
+
+    cls = get_method(method)
+    needs = cls.resource_needs()
+    mem, minutes = needs["mem_mb"], needs["runtime"]
+    if dataset == "imagenet":
+        mem, minutes = mem * 2, minutes * 4
+    elif dataset in IMAGENET_LIKE:
+        minutes *= 2
+    if cls.needs == "images":
+        minutes = minutes * (1 + int(shots)) // 8 + minutes // 2
+    return mem, minutes
 
 
 def expand_grid(config: dict) -> list[Cell]:
@@ -73,11 +105,11 @@ def _as_list(x):
     return x if isinstance(x, list) else [x]
 
 
-def expected_metrics(config: dict, results: str = "results") -> list[Path]:
+def expected_metrics(config: dict, results: str = paths.RESULTS) -> list[Path]:
     """All metrics.json files a complete run of the grid writes."""
     out = []
     for c in expand_grid(config):
-        base = Path(results) / Path(c.run_dir).relative_to("results")
+        base = Path(run_dir(c.protocol, c.backbone, c.dataset, c.method, c.shots, c.seed, results=results))
         out.append(base / "metrics.json")
         out.extend(base / f"eval_{t}" / "metrics.json" for t in c.evals)
     return out

@@ -105,9 +105,28 @@ def read_config(configfiles: list[str] | None = None, overrides: dict | None = N
 # ------------------------------------------------------------------------------- validating
 
 
+# Keys a config may no longer set, and what to do instead: the schema alone would only say
+# "Additional properties are not allowed".
+RETIRED_KEYS = {
+    "image_methods": "drop it; a method's class declares needs (`needs = \"images\"`: it trains through the "
+                     "image encoder, on `device`, with a GPU), and the workflow reads that from the method "
+                     "registry (`fewclip methods` lists each method's needs)",
+}
+
+
+def check_retired_keys(config: dict) -> None:
+    """Stop on a key that fewclip no longer reads, saying what replaced it (`fewclip plan` and the
+    Snakefile call this before the schema)."""
+    for key, fix in RETIRED_KEYS.items():
+        if key in config:
+            raise ConfigError(f"config key {key}: no longer read (set in a --configfile or --config); {fix}")
+
+
 def validate_schema(config: dict) -> dict:
     """JSON-schema validation with the schema's defaults filled in (as snakemake.utils.validate)."""
     import jsonschema
+
+    check_retired_keys(config)
 
     schema = yaml.safe_load(SCHEMA.read_text())
     base = jsonschema.Draft202012Validator

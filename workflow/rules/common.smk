@@ -4,9 +4,12 @@ import shlex
 
 from snakemake.utils import validate
 
-from fewclip.plan import check_config, plan
+from fewclip import paths
+from fewclip.grid import cell_resources, image_methods
+from fewclip.plan import check_config, check_retired_keys, plan
 
 
+check_retired_keys(config)  # a key fewclip no longer reads: say what replaced it (the schema would not)
 validate(config, "../schemas/config.schema.yaml")
 # Backbone model names, method names and every method_params key and value are checked here,
 # before any job; each cell's hyper-parameters are resolved once (fewclip.plan, the same code as
@@ -16,9 +19,9 @@ CELLS = [p.cell for p in PLAN]
 HPARAMS_SHA = {(c.protocol, c.backbone, c.dataset, c.method, c.shots, c.seed): p.hparams_sha
                for p, c in zip(PLAN, CELLS)}
 CONFIG_HASH = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
-IMAGE_METHODS = set(config["image_methods"])
+IMAGE_METHODS = image_methods()  # from the registry: the methods whose class declares needs = "images"
 DATA_ROOT = config["data_root"]
-# `fit` runs the feature-level methods (CPU), `fit_gpu` the image-encoder ones (`image_methods`):
+# `fit` runs the feature-level methods (CPU), `fit_gpu` the image-encoder ones (`needs = "images"`):
 # two rule names so that a cluster profile can send them to different partitions.
 NEVER = "(?!x)x"  # a regex that matches nothing (no method on that side)
 IMAGE_METHODS_RE = "|".join(sorted(IMAGE_METHODS)) or NEVER
@@ -52,7 +55,7 @@ def data_ready():
 
 
 def manifest_path(dataset, shots, seed):
-    return f"results/splits/{dataset}/{config['preset']}/{shots}shot_seed{seed}.json"
+    return paths.format_path(paths.MANIFEST, dataset=dataset, preset=config["preset"], shots=shots, seed=seed)
 
 
 def manifests_for(backbone, dataset):
@@ -72,7 +75,7 @@ def workflow_weights(key):
 
 
 def store(backbone, dataset):
-    return f"results/features/{backbone}/{dataset}/store.json"
+    return paths.format_path(paths.STORE, backbone=backbone, dataset=dataset)
 
 
 def fit_inputs(wildcards):
@@ -105,8 +108,8 @@ def batch_shots(protocol):
 
 def batch_groups():
     """`batch_cells: true`: (protocol, backbone, side, methods) of each batched fit. Its job for
-    one dataset runs every (method, shots, seed) cell of its side, `images` (the prompt
-    methods, `image_methods`, on `device`) or `features` (the rest, on the CPU)."""
+    one dataset runs every (method, shots, seed) cell of its side, `images` (the methods whose
+    class declares needs = "images", on `device`) or `features` (the rest, on the CPU)."""
     groups: dict = {}
     for c in CELLS:
         side = "images" if c.method in IMAGE_METHODS else "features"
@@ -114,13 +117,10 @@ def batch_groups():
     return [(p, b, side, sorted(ms)) for (p, b, side), ms in sorted(groups.items())]
 
 
-BATCH_RUN = "results/runs/{protocol}/{backbone}/{dataset}/{method}/{shots}shot/seed{seed}"
-
-
 def batch_outputs(protocol, methods):
     """Outputs of one batched job: every (method, shots, seed) cell of a (backbone, dataset).
     Protocol, backbone and dataset stay wildcards (each batch rule constrains the first two)."""
-    return expand(f"{BATCH_RUN}/metrics.json", method=methods, shots=batch_shots(protocol), seed=config["seeds"],
+    return expand(f"{paths.RUN_DIR}/metrics.json", method=methods, shots=batch_shots(protocol), seed=config["seeds"],
                   allow_missing=True)
 
 
@@ -139,7 +139,7 @@ def batch_args(methods):
 
     def args(wildcards):
         w = wildcards
-        out = BATCH_RUN.replace("{protocol}", w.protocol).replace("{backbone}", w.backbone).replace("{dataset}", w.dataset)
+        out = paths.RUN_DIR.replace("{protocol}", w.protocol).replace("{backbone}", w.backbone).replace("{dataset}", w.dataset)
         shots = [str(k) for k in batch_shots(w.protocol)]
         seeds = [str(s) for s in config["seeds"]]
         digests = [HPARAMS_SHA[(w.protocol, w.backbone, w.dataset, m, int(k), int(s))]
@@ -178,7 +178,7 @@ def _method_args(wildcards, methods=None):
         "--data-root", DATA_ROOT, "--dataset", wildcards.dataset, *([] if batched else ["--method", methods[0]]),
         "--backbone", bb["model"], "--backbone-key", wildcards.backbone, "--pretrained", bb["pretrained"],
         "--preset", config["preset"],
-        "--protocol", wildcards.protocol, "--features", "results/features",
+        "--protocol", wildcards.protocol, "--features", paths.FEATURES,
         "--device", config["device"] if image else "cpu", "--config-hash", CONFIG_HASH,
     ]
     if wildcards.protocol == "dg":
@@ -201,21 +201,8 @@ def encode_args(wildcards, input):
 
 # Resources. `gpu` is a count: locally a scheduler token (`--resources gpu=N`; the job takes a
 # device from the lock-file pool in fewclip.gpus), on SLURM `--gpus`. Feature-level methods
-# (not in `image_methods`) read the feature store on the CPU: they never hold a GPU.
-# (mem_mb, runtime in minutes) of one cell on a non-ImageNet dataset, on the paper's GPUs.
-METHOD_RESOURCES = {
-    "zeroshot": (2000, 5),
-    "linear_probe": (4000, 10),
-    "clip_adapter": (4000, 15),
-    "tip_adapter": (4000, 5),
-    "tip_adapter_f": (6000, 20),
-    "coop": (16000, 120),
-    "cocoop": (24000, 480),
-    "vpt": (16000, 180),
-    "vlp": (20000, 240),
-    "dpt": (20000, 240),
-}
-IMAGENET_LIKE = {"imagenet", "sun397", "food101"}  # the large test sets / class counts
+# (needs = "features") read the feature store on the CPU: they never hold a GPU. A cell's
+# (mem_mb, runtime in minutes) is its method class's `resources`, scaled by fewclip.grid.cell_resources.
 
 
 def uses_gpu(wildcards):
@@ -241,19 +228,11 @@ def runtime_for(wildcards):
 
 
 def cell_mem(method, dataset):
-    mem, _ = METHOD_RESOURCES.get(method, (16000 if method in IMAGE_METHODS else 4000, 0))
-    return mem * 2 if dataset == "imagenet" else mem
+    return cell_resources(method, dataset, 1)[0]  # memory does not depend on K
 
 
 def cell_runtime(method, dataset, shots):
-    _, minutes = METHOD_RESOURCES.get(method, (0, 240 if method in IMAGE_METHODS else 15))
-    if dataset == "imagenet":
-        minutes *= 4
-    elif dataset in IMAGENET_LIKE:
-        minutes *= 2
-    if method in IMAGE_METHODS:
-        minutes = minutes * (1 + int(shots)) // 8 + minutes // 2  # training time grows with K
-    return minutes
+    return cell_resources(method, dataset, int(shots))[1]
 
 
 def fit_group(wildcards):

@@ -25,7 +25,7 @@ rule split:
     input:
         data_ready(),
     output:
-        manifest="results/splits/{dataset}/{preset}/{shots}shot_seed{seed}.json",
+        manifest=paths.MANIFEST,
     params:
         root=lambda wc: DATA_ROOT,
     threads: 1

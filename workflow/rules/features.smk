@@ -6,7 +6,7 @@ rule encode:
         manifests=lambda wc: manifests_for(wc.backbone, wc.dataset),
         weights=lambda wc: workflow_weights(wc.backbone),
     output:
-        store="results/features/{backbone}/{dataset}/store.json",
+        store=paths.STORE,
     params:
         args=encode_args,
         out=lambda wc, output: os.path.dirname(output.store),

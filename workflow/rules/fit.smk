@@ -1,16 +1,13 @@
-RUN = "results/runs/{protocol}/{backbone}/{dataset}/{method}/{shots}shot/seed{seed}"
-
-
 rule fit:
-    """One grid cell of a feature-level method (not in `image_methods`): fit on the stored
+    """One grid cell of a feature-level method (needs = "features"): fit on the stored
     features of the few-shot manifest and evaluate on the test split (DG cells also on every
     target; base-to-new cells also on the new classes). CPU only, seconds long: on a cluster
     the `features` group packs many of them into one submission."""
     input:
         unpack(fit_inputs),
     output:
-        metrics=f"{RUN}/metrics.json",
-        predictions=f"{RUN}/predictions.parquet",
+        metrics=f"{paths.RUN_DIR}/metrics.json",
+        predictions=f"{paths.RUN_DIR}/predictions.parquet",
     params:
         args=fit_args,
         run=lambda wc, output: os.path.dirname(output.metrics),
@@ -33,6 +30,7 @@ rule fit:
         "fewclip run {params.args} --manifest {input.manifest:q} --out {params.run:q} > {log:q} 2>&1"
 
 
+# The image-encoder methods (needs = "images"): on `device`, with a GPU unless `device: cpu`.
 use rule fit as fit_gpu with:
     wildcard_constraints:
         method=IMAGE_METHODS_RE,

@@ -1,5 +1,5 @@
 # `batch_cells: true`: one job per (protocol, backbone, dataset, side) runs all its (method,
-# shots, seed) cells in one process; the sides are the image methods (`image_methods`, on
+# shots, seed) cells in one process; the sides are the image methods (needs = "images", on
 # `device`) and the feature-level ones (CPU). For CPU demos and grids of cheap cells, where
 # Python start-up (~3 s, ~6 s with open_clip) would dominate; every cell still gets its own
 # declared run directory. One rule per (protocol, backbone, side): their outputs differ.

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from .. import paths
 from ..errors import FewclipError
 from ..grid import expand_grid
 
-# Run directory layout (fewclip.grid.run_dir): {protocol}/{backbone}/{dataset}/{method}/{K}shot/seed{S}
+# Run directory layout (paths.RUN_DIR below paths.RUNS): {protocol}/{backbone}/{dataset}/{method}/{K}shot/seed{S}
 CELL_GLOB = os.path.join("*", "*", "*", "*", "*shot", "seed*")
 NESTED = ("hparams", "selected", "provenance")
 # Fields that must agree inside one table (protocol, backbone_key, shots): a table mixing them
@@ -172,7 +173,7 @@ def missing_cells(config: dict, runs: str | os.PathLike) -> pd.DataFrame:
     runs = Path(runs)
     rows = []
     for cell in expand_grid(config):
-        cell_dir = runs / Path(cell.run_dir).relative_to("results/runs")
+        cell_dir = runs / Path(cell.run_dir).relative_to(paths.RUNS)
         targets = [(None, cell_dir)] + [(t, cell_dir / f"eval_{t}") for t in cell.evals]
         for target, folder in targets:
             if (folder / "metrics.json").is_file():

@@ -39,6 +39,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import paths
 from ..errors import ConfigError, DataError
 from ..io import write_json
 from .datasets import check_dataset, get_spec
@@ -53,7 +54,7 @@ ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gz
 
 
 def marker_path(root, name: str) -> Path:
-    return Path(root) / f".fewclip-download-{name}.json"
+    return Path(paths.format_path(paths.DOWNLOAD_MARKER, data_root=Path(root), dataset=name))
 
 
 # ----------------------------------------------------------------------------- the table
