@@ -1,5 +1,5 @@
 # Getting the data as part of the DAG: rule `download` runs `fewclip download` for one dataset
-# (fetch -> verify size/checksum -> extract -> arrange the CoOp layout -> check) and produces the
+# (fetch -> verify size/checksum -> extract -> arrange the layout of docs/data.md -> check) and produces the
 # dataset's marker `<data_root>/.fewclip-download-<dataset>.json` (fewclip.paths.DOWNLOAD_MARKER).
 #
 # The Snakefile includes it, but no target of the grid asks for a marker (fetching tens of GB

@@ -61,7 +61,8 @@ rule report:
     params:
         runs=lambda wc, input: os.path.join(os.path.dirname(input.table), "runs"),
         out=lambda wc, output: os.path.dirname(output.index),
-        baselines=" ".join(config.get("baselines", ["zeroshot", "coop"])),
+        # the config's baselines, else fewclip report's default (fewclip.analysis.results.DEFAULT_BASELINES)
+        baselines=shlex.join(["--baselines", *config["baselines"]]) if config.get("baselines") else "",
     log:
         "logs/report/report.log",
     benchmark:
@@ -70,4 +71,4 @@ rule report:
         "../envs/fewclip.yaml"
     shell:
         "fewclip report --table {input.table:q} --runs {params.runs:q} --out {params.out:q}"
-        " --baselines {params.baselines} > {log:q} 2>&1"
+        " {params.baselines} > {log:q} 2>&1"
