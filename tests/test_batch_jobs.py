@@ -1,4 +1,4 @@
-"""Issue 19.5: `batch_cells` runs every (method, shots, seed) cell of one (protocol, backbone,
+"""`batch_cells` runs every (method, shots, seed) cell of one (protocol, backbone,
 dataset, side) in one process, so the demo starts 14 Python processes for its fits instead of 67.
 `fewclip run --method A B ...` is what those jobs call: each cell keeps its own run directory,
 its own scoped `--set` values and its planned digest."""

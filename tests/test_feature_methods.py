@@ -351,7 +351,7 @@ def test_base2new_cache_and_probe_are_na_on_new(pets, tmp_path):
 
 
 def test_official_cells_record_what_they_fit_and_report(pets, tmp_path):
-    """Issue 16: under `official`, Tip-Adapter-F reports max(best epoch, after search) with both
+    """Under `official`, Tip-Adapter-F reports max(best epoch, after search) with both
     values, the linear probe fits (and scores) raw features, and the precision is recorded."""
     feats = tmp_path / "features"
     m = run_cell(_spec(pets, tmp_path / "tipf", "tip_adapter_f", preset="official", features=feats, epochs=3))

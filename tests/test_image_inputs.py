@@ -1,4 +1,4 @@
-"""Issue 19.5: the image path without repeated work. Decoded images are kept per process
+"""The image path without repeated work. Decoded images are kept per process
 (bounded), and ToTensor + Normalize run once per batch: both give exactly what the per-image
 torchvision pipeline gives."""
 

@@ -1,4 +1,4 @@
-"""Issue 18: what a researcher sees in reports/ — honest headers, readable tables and figures, README first."""
+"""What a researcher sees in reports/ — honest headers, readable tables and figures, README first."""
 
 import json
 import os

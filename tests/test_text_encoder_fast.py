@@ -261,7 +261,7 @@ def test_token_positions_are_those_computed(bb):
 @pytest.mark.parametrize("prefix, n_ctx, padded, exact, shared", [
     ("a photo of a", 4, 18000, 9165, 4170), (" ".join(["X"] * 16), 16, 30000, 21165, 4182)])
 def test_imagenet_token_positions_of_the_issue(bb, prefix, n_ctx, padded, exact, shared):
-    """Issue 19's counts per image with open_clip's tokenizer on the 1000 ImageNet names."""
+    """The counts per image with open_clip's tokenizer on the 1000 ImageNet names."""
     tokens = bb.tokenizer([f"{prefix} {n.replace('_', ' ')}." for n in IMAGENET_CLASSNAMES])
     ends = eot_index(bb.model, tokens)
     assert len(IMAGENET_CLASSNAMES) * (int(ends.max()) + 1) == padded

@@ -1,4 +1,4 @@
-"""Issue 8: a grid killed with SIGKILL at several points and rerun with --rerun-incomplete ends
+"""A grid killed with SIGKILL at several points and rerun with --rerun-incomplete ends
 with exactly the results of an uninterrupted run, and no partial metrics.json is ever readable."""
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def test_killed_grid_reruns_to_the_uninterrupted_result(tmp_path, fixture_root):
 
 
 def test_two_writers_of_one_run_directory_cannot_both_succeed(tmp_path, fixture_root):
-    """Issue 17: a second `fewclip run` on an --out that another live process is writing is refused
+    """A second `fewclip run` on an --out that another live process is writing is refused
     (naming the holder's pid and host); once the holder is killed, its lock is stale and taken over."""
     import platform
 

@@ -1,4 +1,4 @@
-"""Issue 8: bad inputs end in one clear error with no partial output; NaN losses, foreign
+"""Bad inputs end in one clear error with no partial output; NaN losses, foreign
 checkpoints and full disks are handled; runs are deterministic; loading is safe."""
 
 import errno

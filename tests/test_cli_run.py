@@ -1,4 +1,4 @@
-"""Issue 2: backbones, zero-shot, doctor, `fewclip run` and its errors."""
+"""Backbones, zero-shot, doctor, `fewclip run` and its errors."""
 
 import json
 

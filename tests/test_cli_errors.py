@@ -1,4 +1,4 @@
-"""Issue 17 (hardening, round 2): every verb fails cleanly, run directories are owned, nothing is
+"""Every verb fails cleanly, run directories are owned, nothing is
 half-written. Each failure is driven through `fewclip` as a user calls it; each test checks the
 exit code, the message's key words, that there is no traceback, and what is left on disk."""
 
