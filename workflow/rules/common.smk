@@ -5,6 +5,7 @@ import shlex
 from snakemake.utils import validate
 
 from fewclip import paths
+from fewclip.constants import PRESETS, PROTOCOLS
 from fewclip.grid import cell_resources, image_methods
 from fewclip.plan import check_config, check_retired_keys, plan
 
@@ -29,13 +30,13 @@ FEATURE_METHODS_RE = "|".join(sorted({c.method for c in CELLS} - IMAGE_METHODS))
 
 
 wildcard_constraints:
-    protocol="fewshot|base2new|dg",
+    protocol="|".join(PROTOCOLS),
     shots=r"\d+",
     seed=r"\d+",
     backbone=r"[A-Za-z0-9_.\-]+",
     dataset=r"[a-z0-9_]+",
     method=r"[A-Za-z0-9_]+",
-    preset="clean|official",
+    preset="|".join(PRESETS),
 
 
 def get_final_output():

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..constants import PRESETS
 from .args import seed_type, shots_type
 
 
@@ -50,7 +51,7 @@ def register(sub) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--shots", type=shots_type, required=True)
     p.add_argument("--seed", type=seed_type, required=True)
-    p.add_argument("--preset", default="clean", choices=["clean", "official"])
+    p.add_argument("--preset", default="clean", choices=PRESETS)
     p.add_argument("--out", required=True, help="manifest JSON path")
     p.set_defaults(func=cmd_split)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ..constants import PRESETS, PROTOCOLS
 from ..errors import ConfigError
 from .args import backbone_args, count_type, seed_type, shots_type
 
@@ -25,8 +26,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=seed_type, nargs="+", required=True,
                    help="seed(s); several values need {seed} in --out (and in --manifest)")
     p.add_argument("--out", required=True, help="run directory; may contain {method}, {shots} and {seed}")
-    p.add_argument("--preset", default="clean", choices=["clean", "official"])
-    p.add_argument("--protocol", default="fewshot", choices=["fewshot", "base2new", "dg"])
+    p.add_argument("--preset", default="clean", choices=PRESETS)
+    p.add_argument("--protocol", default="fewshot", choices=PROTOCOLS)
     p.add_argument("--eval", dest="evals", nargs="*", default=[], help="DG target datasets (--protocol dg)")
     p.add_argument("--manifest", help="few-shot manifest (from `fewclip split`); sampled here if absent")
     p.add_argument("--features", help="feature-store root (default results/features)")
