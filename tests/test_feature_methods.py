@@ -339,6 +339,18 @@ def test_grid_runs_and_encodes_each_image_once(pets, tmp_path, monkeypatch):
             assert 0 <= hp["epoch_kept"] <= 2
 
 
+@pytest.mark.parametrize("preset", ["clean", "official"])
+def test_a_half_feature_method_is_fed_half_features(pets, tmp_path, preset):
+    """`precision=fp16` on a feature method that is fp32 in both presets (CLIP-Adapter): it trains
+    in pure half on the CPU, picks its ratio on half val features (clean) and is evaluated on half
+    image and text features (the feature path's rule for a half method)."""
+    m = run_cell(_spec(pets, tmp_path / "ca", "clip_adapter", preset=preset, epochs=2, precision="fp16"))
+    assert m["train"]["precision"]["weights"] == "fp16" and m["top1"] is not None
+    assert m["selected"]["ratio_selected_on"] == ("fixed" if preset == "official" else "fewshot_val")
+    state = torch.load(tmp_path / "ca" / "checkpoint.pt", weights_only=True)["state"]
+    assert {v.dtype for v in state.values()} == {torch.float16}
+
+
 def test_base2new_cache_and_probe_are_na_on_new(pets, tmp_path):
     for method, na in (("tip_adapter", True), ("linear_probe", True), ("clip_adapter", False)):
         out = tmp_path / method
@@ -352,15 +364,21 @@ def test_base2new_cache_and_probe_are_na_on_new(pets, tmp_path):
 
 def test_official_cells_record_what_they_fit_and_report(pets, tmp_path):
     """Under `official`, Tip-Adapter-F reports max(best epoch, after search) with both
-    values, the linear probe fits (and scores) raw features, and the precision is recorded."""
+    values, the linear probe fits (and scores) raw features, and the precision is recorded:
+    the official pure fp16 on this CPU too, the clean preset's "auto" as fp32."""
     feats = tmp_path / "features"
     m = run_cell(_spec(pets, tmp_path / "tipf", "tip_adapter_f", preset="official", features=feats, epochs=3))
     assert m["top1"] == max(m["top1_best_epoch"], m["top1_after_search"]) and m["top1_rule"].startswith("max(")
     assert m["selected"]["selected_on"] == "test" and m["hparams"]["templates"] == "dataset"
-    assert m["train"]["precision"]["asked"] == "fp16" and m["train"]["precision"]["weights"] == "fp32"  # CPU
-    assert "GPU" in m["train"]["precision"]["note"]
+    prec = m["train"]["precision"]
+    assert prec["asked"] == "fp16" and prec["weights"] == "fp16" and prec["grad_scaler"] is False, prec
+    assert prec["used"].startswith("fp16 (pure") and "note" not in prec
+    state = torch.load(tmp_path / "tipf" / "checkpoint.pt", weights_only=True)["state"]
+    assert state["keys"].dtype == torch.float16 and state["alpha"].dtype == torch.float64
     c = run_cell(_spec(pets, tmp_path / "tipf_clean", "tip_adapter_f", features=feats, epochs=3))
     assert c["top1"] == c["top1_after_search"] and c["top1_rule"] == "accuracy after the second search"
+    assert c["train"]["precision"] == {"asked": "auto", "used": "fp32", "weights": "fp32", "grad_scaler": False,
+                                       "note": "CPU run: fp32"}
     for preset, kind in (("official", "raw"), ("clean", "normalised")):
         lp = run_cell(_spec(pets, tmp_path / f"lp_{preset}", "linear_probe", preset=preset, features=feats))
         assert lp["selected"]["fit_on"] == kind

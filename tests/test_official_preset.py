@@ -109,7 +109,8 @@ def test_ensemble7_is_tip_adapters_list():
 
 
 def _prompt_method(bb, name: str, class_names: list[str], **overrides):
-    """fewclip's CoOp/CoCoOp set up on the tiny CLIP under `official` (fp32 on the CPU)."""
+    """fewclip's CoOp/CoCoOp set up on the tiny CLIP under `official` (fp32 weights until
+    `to_half`, which the engine calls for the preset's pure fp16)."""
     cls = get_method(name)
     hp = resolve_hparams(cls, "oxford_pets", 16, "official", overrides)
     method = cls(hp)
@@ -348,13 +349,16 @@ def _f_batches(r):
     return batches
 
 
-def _train_tip_f(preset="official", **cfg_overrides):
+def _train_tip_f(preset="official", precision="fp32", **cfg_overrides):
+    """Tip-Adapter-F trained on the reference's batches, in `precision`: fp32 by default, as the
+    reference ran the official fp16 path (tests/data/official/README.md); "fp16" is the official
+    preset's pure half, which the engine runs on the CPU too."""
     from fewclip.engine.run import train_config
 
     cls, task, r = _tip_task("tip_adapter_f", preset)
     m = cls(task.hp)
     m.setup(task)
-    cfg = train_config(task.hp, {})
+    cfg = train_config({**task.hp, "precision": precision}, {})
     for k, v in cfg_overrides.items():
         setattr(cfg, k, v)
     steps, lrs = [], []
@@ -501,12 +505,17 @@ def test_precision_official_is_pure_fp16_clean_keeps_fp32_master_weights():
     assert resolve_precision(resolve_hparams(ca, "dtd", 16, "official")["precision"], gpu).describe()["used"] == "fp32"
     amp = resolve_precision("amp", gpu)  # the official code's PREC amp, for comparison
     assert amp.scaler and amp.autocast == torch.float16 and not amp.half
-    cpu = resolve_precision("fp16", CPU)  # official on a CPU: fp32, and it says so
-    assert not cpu.half and "GPU" in cpu.describe()["note"]
+    # what the hyper-parameters name runs on a CPU too (the workflow runs feature methods there)
+    cpu = resolve_precision("fp16", CPU)
+    assert cpu.half and not cpu.scaler and cpu.autocast is None and "note" not in cpu.describe()
+    assert resolve_precision("amp", CPU).autocast == torch.float16 and resolve_precision("amp", CPU).scaler
+    assert resolve_precision("bf16", CPU).autocast == torch.bfloat16
+    auto = resolve_precision("auto", CPU)  # the clean preset on a CPU: fp32, by definition
+    assert not auto.half and auto.autocast is None and auto.describe()["used"] == "fp32"
 
 
 def test_pure_fp16_coop_mechanics_on_cpu(vit):
-    """CoOp under `official` in pure fp16 (emulated on the CPU with half matmuls, as torch allows):
+    """CoOp under `official` in pure fp16 (on the CPU, with its half kernels, as on a GPU):
     the CLIP copy, the context and SGD's momentum are half, no GradScaler, the shared fp32
     backbone is untouched, and one step is plain SGD on the half weights."""
     r = ref("coop")
@@ -517,7 +526,7 @@ def test_pure_fp16_coop_mechanics_on_cpu(vit):
     hp = method.hp
     assert hp["precision"] == "fp16"
     cfg = TrainConfig(epochs=1, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"],
-                      precision=hp["precision"], cpu_half=True)
+                      precision=hp["precision"])
     seen = {}
 
     def hook(opt, args, kwargs):
@@ -570,7 +579,7 @@ def test_pure_fp16_tip_adapter_f_mechanics_on_cpu():
 
     handle = register_optimizer_step_post_hook(hook)
     try:
-        m, task, r, steps, lrs, stats = _train_tip_f(cpu_half=True)
+        m, task, r, steps, lrs, stats = _train_tip_f(precision="fp16")
     finally:
         handle.remove()
     assert stats["precision"]["weights"] == "fp16" and stats["precision"]["grad_scaler"] is False
@@ -614,7 +623,7 @@ def test_pure_fp16_every_prompt_method_on_cpu(vit, name):
     task = SimpleNamespace(backbone=vit, classes=ClassSet(list(names), text, torch.arange(len(names))), device=CPU,
                            preset="official", hp=hp, dataset="oxford_pets", shots=16, seed=1, spec=None)
     method.setup(task)
-    cfg = TrainConfig(epochs=1, lr=hp["lr"], precision=hp["precision"], cpu_half=True)
+    cfg = TrainConfig(epochs=1, lr=hp["lr"], precision=hp["precision"])
     stats = train(method, lambda e: [(r["images"], r["labels"])], cfg, CPU)
     assert stats["steps"] == 1 and math.isfinite(stats["final_loss"])
     assert stats["precision"]["weights"] == "fp16" and not stats["precision"]["grad_scaler"]

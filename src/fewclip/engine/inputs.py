@@ -8,7 +8,10 @@ training batches, from one of two input paths with the same shape.
   `crop_scale`, bicubic) + flip + CLIP normalisation, shuffled each epoch, `drop_last` when the
   few-shot set holds at least one batch. The order and every image's augmentation are drawn from
   (seed, epoch, position), so an epoch's batches are the same whether the run was resumed or not
-  and whatever the number of loader workers. Evaluation runs in the training precision.
+  and whatever the number of loader workers.
+
+Evaluation runs in the training precision: a method trained in pure fp16 (`Method.is_half`) is
+fed half inputs on every device, the CPU included (`FeatureInputs.logits`, `ImageInputs.logits`).
 
 Both offer: `classes(ds, template_set, labels)`, `task(...)`, `batches(task, needs, seed)`,
 `test(ds, labels)` and `logits(method, test, classes, precision)`.
@@ -16,6 +19,7 @@ Both offer: `classes(ds, template_set, labels)`, `task(...)`, `batches(task, nee
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,11 +170,17 @@ class FeatureInputs(_Inputs):
         return keep_labels(self.store(ds).test(), labels)
 
     def logits(self, method: Method, feats: Features, classes: ClassSet, precision: str = "auto") -> torch.Tensor:
+        """[N, C] logits of the stored features, float on the CPU. A method trained in pure fp16 is
+        given half image and text features, as the official fp16 CLIP hands them (Tip-Adapter's
+        code scores fp16 `encode_image` outputs against fp16 `clip_weights`), on any device."""
         x = feats.raw if method.data_needs().reads_raw else feats.features
         if x is None:
             raise ConfigError(f"method {method.name} reads raw features, and these features have none")
+        x, classes = x.to(self.device), classes.to(self.device)
+        if method.is_half:
+            x, classes = x.half(), dataclasses.replace(classes, text_features=classes.text_features.half())
         with torch.no_grad():
-            return method.logits(x.to(self.device), classes.to(self.device)).float().cpu()
+            return method.logits(x, classes).float().cpu()
 
 
 def view_batches(task: FeatureTask, batch_size: int, seed: int, drop_last: bool = False):
@@ -261,9 +271,9 @@ class ImageInputs(_Inputs):
         return ImageSet(ds, items, self.backbone.image_size, self.spec.workers)
 
     def logits(self, method: Method, test: ImageSet, classes: ClassSet, precision: str = "auto") -> torch.Tensor:
-        """[N, C] logits of the test images, float on the CPU: autocast as training's, or, for a
-        method trained in pure fp16, the half model on half images (as the official fp16 models are
-        evaluated); none on the CPU."""
+        """[N, C] logits of the test images, float on the CPU: autocast as training's (none for "auto"
+        on a CPU), or, for a method trained in pure fp16, the half model on half images on any device
+        (as the official fp16 models are evaluated)."""
         from tqdm import tqdm
 
         from .train import resolve_precision

@@ -12,12 +12,18 @@ Precision (`precision` hp; SPEC §2.2; the result's `train.precision` records wh
   trainers) and fp16 cache adapters: the frozen CLIP (a half copy held by the method), the learned
   tensors, Meta-Net, CAVPT and the method's buffers are cast to half, batches are fed in half, no
   autocast, **no GradScaler**, and SGD/AdamW update the half weights (their state is half too).
-  The `official` preset's setting. GPU only: on the CPU it runs fp32 and says so, unless
-  `TrainConfig.cpu_half` asks for half on the CPU (the tests of the fp16 mechanics do).
+  The `official` preset's setting. It runs so on every device: the CPU has half kernels for
+  every op the methods use (matmuls accumulate in fp32 there, as cuBLAS does), so a cell the
+  workflow sends to the CPU (the feature-level methods) computes what `fewclip plan` shows.
+  Half matmuls are much slower than fp32 ones on a CPU without native fp16 arithmetic.
 - "amp": fp32 master weights, fp16 autocast and a GradScaler (the official code's `PREC amp`).
 - "auto": fp32 master weights with bf16 autocast (fp16 + GradScaler where bf16 is unsupported);
   the `clean` preset's setting. "bf16": bf16 autocast. "fp32": no autocast.
-  On the CPU everything but a requested pure fp16 runs fp32.
+  "auto" is fp32 on a CPU (by definition, noted in `train.precision`); "amp" and "bf16" autocast
+  on the CPU too.
+
+Whatever the device, a run computes in the precision its hyper-parameters name (what `fewclip
+plan` prints), and `train.precision` in metrics.json records it.
 """
 
 from __future__ import annotations
@@ -47,7 +53,6 @@ class TrainConfig:
     warmup_lr: float = 1e-5
     precision: str = "auto"  # "auto" | "fp32" | "bf16" | "amp" | "fp16" (pure half): see the module doc
     identity: dict = field(default_factory=dict)  # what a resumable checkpoint must match
-    cpu_half: bool = False  # run a requested pure fp16 on the CPU too (tests of its mechanics)
 
 
 @dataclass(frozen=True)
@@ -76,16 +81,16 @@ class Precision:
         return out
 
 
-def resolve_precision(name: str, device: torch.device, cpu_half: bool = False) -> Precision:
+def resolve_precision(name: str, device: torch.device) -> Precision:
     """The precision a run with hp `precision` = `name` uses on `device` (module doc)."""
     if name not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
-    if name == "fp16":
-        if device.type == "cuda" or cpu_half:
-            return Precision(name, half=True)
-        return Precision(name, note="pure fp16 (the official precision) runs on GPUs only; this CPU run is fp32")
-    if device.type != "cuda" or name == "fp32":
-        return Precision(name, note="" if name == "fp32" else "CPU run: fp32")
+    if name == "fp16":  # pure half on every device: the CPU has half kernels (slower, the same numbers)
+        return Precision(name, half=True)
+    if name == "fp32":
+        return Precision(name)
+    if name == "auto" and device.type != "cuda":
+        return Precision(name, note="CPU run: fp32")
     if name == "amp" or (name == "auto" and not torch.cuda.is_bf16_supported()):
         return Precision(name, autocast=torch.float16, scaler=True)
     return Precision(name, autocast=torch.bfloat16)
@@ -155,11 +160,11 @@ def train(method, batches: Callable[[int], Iterable], cfg: TrainConfig, device: 
           desc: str = "train") -> dict:
     """Train `method` in place; returns {"epochs", "steps", "final_loss", "resumed_from",
     "precision"}."""
-    precision = resolve_precision(cfg.precision, device, cfg.cpu_half)
+    precision = resolve_precision(cfg.precision, device)
     if precision.half:
         method.to_half()  # the method's own precision hook (fewclip.methods.base.Method.to_half)
     opt = _optimizer(_param_groups(method, cfg), cfg)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision.scaler)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.scaler)
 
     start, steps, last_loss = 0, 0, float("nan")
     good_epoch = None  # the last epoch whose (finite) state is in `checkpoint`

@@ -63,9 +63,9 @@ class PromptMethod(Method):
 
     Precision (SPEC §2.2): the official trainers (CoOp, CoCoOp, VPT, VLP, DPT) default to
     `PREC fp16`, pure half weights trained without a GradScaler: the `official` preset's
-    `precision` "fp16" (`to_half` casts the CLIP copy, the learned tensors and modules to half;
-    GPU only, fp32 on the CPU, recorded in metrics.json `train.precision`). `clean` keeps fp32
-    master weights with bf16 autocast ("auto")."""
+    `precision` "fp16" (`to_half` casts the CLIP copy, the learned tensors and modules to half; on
+    a GPU or a CPU alike, recorded in metrics.json `train.precision`). `clean` keeps fp32 master
+    weights with bf16 autocast ("auto"; fp32 on a CPU)."""
 
     needs = "images"
     trains = True

@@ -115,7 +115,8 @@ class CLIPAdapter(Method):
     def finish(self, task) -> dict:
         if len(self.ratios) == 1:
             return {"ratio": self.ratios[0], "ratio_selected_on": "fixed"}
-        x, y = task.val.features.to(task.device), task.val.labels.to(task.device)
+        # in the adapters' precision (half after pure fp16 training, as the engine feeds the batches)
+        x, y = task.val.features.to(task.device, self.text.dtype), task.val.labels.to(task.device)
         if len(y) == 0:
             raise ConfigError("clip_adapter select_ratio needs a few-shot val split; this cell has none "
                               "(use --set select_ratio=false)")

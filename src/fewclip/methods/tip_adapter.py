@@ -35,9 +35,10 @@ datasets it is max(best epoch's test accuracy, test accuracy after the second se
 Both values are recorded (`top1_best_epoch`, `top1_after_search`, `top1_rule`);
 predictions.parquet always holds the after-search model's predictions.
 
-Precision: `official` trains Tip-Adapter-F in pure fp16 on a GPU (`precision` "fp16": the
-adapter comes from fp16 keys, so its weight and AdamW state are half, as in the official code;
-α, β stay Python-float precision); `clean` trains fp32 keys ("auto").
+Precision: `official` trains Tip-Adapter-F in pure fp16 (`precision` "fp16": the adapter comes
+from fp16 keys, so its weight and AdamW state are half, as in the official code; α, β stay
+Python-float precision), on the CPU too, where the workflow runs it; it is evaluated and
+searched on half features. `clean` trains fp32 keys ("auto": fp32 on a CPU).
 """
 
 from __future__ import annotations
