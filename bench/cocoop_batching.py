@@ -52,7 +52,7 @@ def build(model_name: str, n_classes: int, batch: int, device):
     text = F.normalize(torch.randn(n_classes, bb.embed_dim, device=device), dim=-1)
     classes = ClassSet(names, text, torch.arange(n_classes, device=device))
     cls = get_method("cocoop")
-    hp = resolve_hparams(cls, "imagenet", 16, "clean", {"batch_size": batch})
+    hp = resolve_hparams(cls, "imagenet", 16, "clean", {"batch_size": batch}, "dg")  # CoCoOp's ImageNet run
     method = cls(hp)
     method.setup(ImageTask(bb, classes, None, None, "imagenet", 16, 1, "clean", hp, device, None))
     method.to(device)

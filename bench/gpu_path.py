@@ -169,7 +169,9 @@ def step_time(method_name, model_name, n_classes, batch, device, steps, fast=Tru
     text = torch.nn.functional.normalize(torch.randn(n_classes, bb.embed_dim, device=device), dim=-1)
     classes = ClassSet(names, text, torch.arange(n_classes, device=device))
     cls = get_method(method_name)
-    hp = resolve_hparams(cls, "imagenet", 16, "clean", {"batch_size": batch})
+    # ImageNet-scale runs: CoOp's few-shot table; CoCoOp's (its DG/cross-dataset source model)
+    hp = resolve_hparams(cls, "imagenet", 16, "clean", {"batch_size": batch},
+                         "dg" if method_name == "cocoop" else "fewshot")
     method = cls(hp)
     method.setup(ImageTask(bb, classes, None, None, "imagenet", 16, 1, "clean", hp, device, None))
     method.to(device)
@@ -215,7 +217,8 @@ def extrapolate(enc: dict, steps: dict, cfg_path: Path) -> dict:
         n_cls, _ = DATASETS[c.dataset]
         if c.protocol == "base2new":
             n_cls = math.ceil(n_cls / 2)
-        hp = resolve_hparams(get_method(c.method), c.dataset, c.shots, config.get("preset", "clean"))
+        hp = resolve_hparams(get_method(c.method), c.dataset, c.shots, config.get("preset", "clean"), None,
+                             c.protocol)
         batch = int(hp.get("batch_size", 32))
         ref = steps["cocoop"] if c.method == "cocoop" else steps["coop"]
         per_step = ref["seconds_per_step"] * (0.5 + 0.5 * n_cls / ref["classes"]) * batch / ref["batch"]

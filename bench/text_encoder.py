@@ -51,7 +51,9 @@ def build(method_name, bb, n_classes, batch, device):
     text = F.normalize(torch.randn(n_classes, bb.embed_dim, device=device), dim=-1)
     classes = ClassSet(names, text, torch.arange(n_classes, device=device))
     cls = get_method(method_name)
-    hp = resolve_hparams(cls, "imagenet", 16, "clean", {"batch_size": batch, **METHODS[method_name]})
+    # ImageNet-scale runs: CoOp's few-shot table; CoCoOp's (its DG/cross-dataset source model)
+    protocol = "dg" if method_name == "cocoop" else "fewshot"
+    hp = resolve_hparams(cls, "imagenet", 16, "clean", {"batch_size": batch, **METHODS[method_name]}, protocol)
     method = cls(hp)
     method.setup(ImageTask(bb, classes, None, None, "imagenet", 16, 1, "clean", hp, device, None))
     method.to(device).train()

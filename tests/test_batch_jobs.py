@@ -138,7 +138,7 @@ def test_the_demo_runs_each_cell_once_in_one_job_per_protocol_dataset_and_side(t
 
 def test_the_paper_grid_batched_runs_each_of_its_cells_once(tmp_path, fixture_root):
     """batch_cells on the paper config: one rule per (protocol, backbone, side), backbone names
-    with dashes included, and every one of the 2,232 cells once with its planned digest."""
+    with dashes included, and every one of its cells once with its planned digest."""
     from fewclip.plan import check_config, read_config
 
     overrides = {"data_root": str(fixture_root), "batch_cells": True}
@@ -150,4 +150,4 @@ def test_the_paper_grid_batched_runs_each_of_its_cells_once(tmp_path, fixture_ro
     assert "fit" not in stats and "fit_gpu" not in stats
     assert stats["fit_batch_fewshot_ViT_B_32_images"] == 11 and stats["fit_batch_dg_ViT_B_16_images"] == 1
     ran = _batched_cells(out, image_methods())
-    assert len(ran) == 2232 and ran == _planned(paper)
+    assert ran == _planned(paper) and len(ran) > 2000

@@ -108,11 +108,11 @@ def test_ensemble7_is_tip_adapters_list():
 # ---------------------------------------------------------------------------- CoOp / CoCoOp
 
 
-def _prompt_method(bb, name: str, class_names: list[str], **overrides):
+def _prompt_method(bb, name: str, class_names: list[str], protocol: str = "fewshot", **overrides):
     """fewclip's CoOp/CoCoOp set up on the tiny CLIP under `official` (fp32 weights until
     `to_half`, which the engine calls for the preset's pure fp16)."""
     cls = get_method(name)
-    hp = resolve_hparams(cls, "oxford_pets", 16, "official", overrides)
+    hp = resolve_hparams(cls, "oxford_pets", 16, "official", overrides, protocol)
     method = cls(hp)
     classes = ClassSet(list(class_names), torch.zeros(len(class_names), bb.embed_dim), torch.arange(len(class_names)))
     task = SimpleNamespace(backbone=bb, classes=classes, device=CPU, preset="official", hp=hp)
@@ -192,8 +192,8 @@ def test_coop_words_not_tokens_and_csc_with_words_refused(vit):
 
 
 def test_cocoop_logits_loss_gradients(vit):
-    r = ref("cocoop")
-    method, classes = _prompt_method(vit, "cocoop", r["class_names"])
+    r = ref("cocoop")  # the official run: vit_b16_c4_ep10_batch1_ctxv1, CoCoOp's protocols' config
+    method, classes = _prompt_method(vit, "cocoop", r["class_names"], protocol="base2new")
     assert method.prompt.n_ctx == r["n_ctx"] == 4
     close(method.prompt.ctx.detach(), r["ctx_init_value"], 0.0)
     _load_official(method, r["params"])

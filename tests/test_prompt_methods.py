@@ -104,7 +104,7 @@ def test_coop_any_class_list_and_positions(env):
 
 
 def test_cocoop_zero_metanet_is_coop(env):
-    cocoop, _, classes = build(env, "cocoop")
+    cocoop, _, classes = build(env, "cocoop", ctx_init="a photo of a")
     coop, _, _ = build(env, "coop", ctx_init="a photo of a")
     with torch.no_grad():
         cocoop.prompt.ctx.add_(0.05 * torch.randn_like(cocoop.prompt.ctx))

@@ -6,6 +6,10 @@ from __future__ import annotations
 # The evaluation protocols (DESIGN.md): few-shot, CoCoOp's base-to-new, ImageNet → variants.
 PROTOCOLS = ("fewshot", "base2new", "dg")
 
+# CoCoOp's cross-dataset transfer: the evaluations of a `dg` cell's model on other datasets, each
+# scored with its own classes (`eval_protocol` in their metrics.json; the report's table name).
+CROSS_DATASET = "cross_dataset"
+
 # Hyper-parameter presets: "clean" (one rule for every dataset) and "official" (the papers' code).
 PRESETS = ("clean", "official")
 

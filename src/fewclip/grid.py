@@ -1,7 +1,9 @@
 """The experiment grid: config → the list of run cells. Shared by Snakemake and `fewclip collect`.
 
-A cell is one (protocol, backbone, dataset, method, shots, seed) run directory; DG and
-base-to-new evaluations are extra `eval_{target}` folders inside a cell's directory.
+A cell is one (protocol, backbone, dataset, method, shots, seed) run directory; DG,
+cross-dataset and base-to-new evaluations are extra `eval_{target}` folders inside a cell's
+directory: a `dg` cell trains its model once and evaluates it on every DG target (`targets`) and
+every cross-dataset target (`cross_dataset`).
 
 What a cell needs from a scheduler (its side, memory, run time) comes from its method's class in
 the registry (`needs`, `resource_needs()`), never from the config: `image_methods` and
@@ -29,7 +31,8 @@ class Cell:
     method: str
     shots: int
     seed: int
-    evals: tuple[str, ...] = field(default=())  # extra evaluations: DG targets, or ("new",)
+    evals: tuple[str, ...] = field(default=())  # extra evaluations: DG then cross-dataset targets, or ("new",)
+    cross_dataset: tuple[str, ...] = field(default=())  # those of `evals` scored with their own classes
 
     @property
     def run_dir(self) -> str:
@@ -93,11 +96,12 @@ def expand_grid(config: dict) -> list[Cell]:
                         cells.append(Cell("base2new", run["backbone"], dataset, method, b2n["shots"], s, ("new",)))
     dg = protocols.get("dg")
     if dg:
+        targets, cross = tuple(dg.get("targets") or ()), tuple(dg.get("cross_dataset") or ())
         for run in dg["runs"]:
             for method in run["methods"]:
                 for k in _as_list(dg["shots"]):
-                    for s in seeds:
-                        cells.append(Cell("dg", run["backbone"], dg["source"], method, k, s, tuple(dg["targets"])))
+                    for s in seeds:  # one model per (method, K, seed), evaluated on every target
+                        cells.append(Cell("dg", run["backbone"], dg["source"], method, k, s, targets + cross, cross))
     return cells
 
 

@@ -45,7 +45,8 @@ class PlannedCell:
         c = self.cell
         return {"protocol": c.protocol, "backbone": c.backbone, "model": self.model, "pretrained": self.pretrained,
                 "dataset": c.dataset, "method": c.method, "shots": c.shots, "seed": c.seed,
-                "evals": list(c.evals), "preset": self.preset, "hparams": self.hparams}
+                "evals": list(c.evals), "cross_dataset": list(c.cross_dataset), "preset": self.preset,
+                "hparams": self.hparams}
 
 
 def hparams_digest(hp: dict) -> str:
@@ -185,7 +186,30 @@ def check_config(config: dict) -> dict:
         if m not in registered:
             raise ConfigError(f"config key method_params.{m}: unknown method '{m}'; registered: "
                               f"{', '.join(sorted(registered))}")
+    _check_dg_targets(config["protocols"].get("dg"))
     return config
+
+
+def _check_dg_targets(dg: dict | None) -> None:
+    """The dg entry's targets: at least one, each named once, none the source; a DG target shares
+    the source's classes, a cross-dataset target has its own."""
+    if not dg:
+        return
+    targets, cross = dg.get("targets") or [], dg.get("cross_dataset") or []
+    if not targets and not cross:
+        raise ConfigError("config key protocols.dg: no targets; list the source's shifted variants under "
+                          "`targets` (domain generalization) and/or other datasets under `cross_dataset` "
+                          "(cross-dataset transfer)")
+    for t in cross:
+        if t == dg["source"]:
+            raise ConfigError(f"config key protocols.dg.cross_dataset: {t} is the source the model trains on; "
+                              "list other datasets")
+        if t in targets:
+            raise ConfigError(f"config key protocols.dg.cross_dataset: {t} is also under protocols.dg.targets; a "
+                              "target is either DG (`targets`: the source's classes) or cross-dataset "
+                              "(`cross_dataset`: its own classes)")
+        if cross.count(t) > 1:
+            raise ConfigError(f"config key protocols.dg.cross_dataset: {t} is listed twice")
 
 
 def _registry() -> dict:
@@ -233,8 +257,15 @@ def plan_lines(planned: list[PlannedCell], as_json: bool) -> list[str]:
         c = p.cell
         hp = " ".join(f"{k}={_short(v)}" for k, v in sorted(p.hparams.items()))
         lines.append(f"{c.protocol} {c.backbone} {c.dataset} {c.method} {c.shots}shot seed{c.seed} "
-                     f"preset={p.preset} {hp}")
+                     f"preset={p.preset}{_targets(c)} {hp}")
     return lines
+
+
+def _targets(c: Cell) -> str:
+    """ eval=… (DG targets, base-to-new's `new`) cross_dataset=… (scored with their own classes)."""
+    evals = [t for t in c.evals if t not in c.cross_dataset]
+    return (f" eval={','.join(evals)}" if evals else "") + \
+        (f" cross_dataset={','.join(c.cross_dataset)}" if c.cross_dataset else "")
 
 
 def _short(value: Any) -> str:

@@ -79,15 +79,26 @@ def store(backbone, dataset):
     return paths.format_path(paths.STORE, backbone=backbone, dataset=dataset)
 
 
+def dg_targets():
+    """Every dataset a dg cell's model is evaluated on: the DG targets, then the cross-dataset ones."""
+    dg = config["protocols"].get("dg") or {}
+    return [*(dg.get("targets") or []), *(dg.get("cross_dataset") or [])]
+
+
+def target_stores(wildcards):
+    """A dg cell's job reads the feature store of every DG and cross-dataset target (rule encode
+    writes each, see `encode_targets`), so it starts only once they are encoded."""
+    if wildcards.protocol != "dg":
+        return {}
+    return {f"target_{t}": store(wildcards.backbone, t) for t in dg_targets()}
+
+
 def fit_inputs(wildcards):
-    inputs = {
+    return {
         "manifest": manifest_path(wildcards.dataset, wildcards.shots, wildcards.seed),
         "store": store(wildcards.backbone, wildcards.dataset),
+        **target_stores(wildcards),
     }
-    if wildcards.protocol == "dg":
-        for t in config["protocols"]["dg"]["targets"]:
-            inputs[f"target_{t}"] = store(wildcards.backbone, t)
-    return inputs
 
 
 def planned_sha(wildcards, shots, seed):
@@ -126,13 +137,10 @@ def batch_outputs(protocol, methods):
 
 
 def batch_inputs(wildcards):
-    inputs = {"store": store(wildcards.backbone, wildcards.dataset),
-              "manifests": [manifest_path(wildcards.dataset, k, s)
-                            for k in batch_shots(wildcards.protocol) for s in config["seeds"]]}
-    if wildcards.protocol == "dg":
-        for t in config["protocols"]["dg"]["targets"]:
-            inputs[f"target_{t}"] = store(wildcards.backbone, t)
-    return inputs
+    return {"store": store(wildcards.backbone, wildcards.dataset),
+            "manifests": [manifest_path(wildcards.dataset, k, s)
+                          for k in batch_shots(wildcards.protocol) for s in config["seeds"]],
+            **target_stores(wildcards)}
 
 
 def batch_args(methods):
@@ -183,7 +191,11 @@ def _method_args(wildcards, methods=None):
         "--device", config["device"] if image else "cpu", "--config-hash", CONFIG_HASH,
     ]
     if wildcards.protocol == "dg":
-        args += ["--eval", *config["protocols"]["dg"]["targets"]]
+        dg = config["protocols"]["dg"]
+        if dg.get("targets"):
+            args += ["--eval", *dg["targets"]]
+        if dg.get("cross_dataset"):
+            args += ["--cross-dataset", *dg["cross_dataset"]]
     for m in methods:
         for key, value in config.get("method_params", {}).get(m, {}).items():
             args += ["--set", f"{m + '.' if batched else ''}{key}={json.dumps(value)}"]
@@ -261,9 +273,10 @@ def encode_runtime(wildcards):
 
 
 def encode_targets():
-    """(backbone, dataset) pairs whose store the grid needs: sources and DG targets."""
+    """(backbone, dataset) pairs whose store the grid needs: the cells' datasets, and the DG and
+    cross-dataset targets of every dg run's backbone (the dg jobs depend on those: `target_stores`)."""
     pairs = {(c.backbone, c.dataset) for c in CELLS}
     dg = config["protocols"].get("dg")
     if dg:
-        pairs |= {(r["backbone"], t) for r in dg["runs"] for t in dg["targets"]}
+        pairs |= {(r["backbone"], t) for r in dg["runs"] for t in dg_targets()}
     return sorted(pairs)

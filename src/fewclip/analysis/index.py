@@ -1,8 +1,8 @@
 """reports/README.md: the page a researcher reads first.
 
 Results in the order of a paper's results section: few-shot tables per shot count with the
-1–16-shot curves, base-to-new, domain generalization, efficiency, a summary of the significance
-tests, paper-vs-ours, then the legend, notes and the index of every file. Tables are copied in
+1–16-shot curves, base-to-new, domain generalization, cross-dataset transfer, efficiency, a
+summary of the significance tests, paper-vs-ours, then the legend, notes and the index of every file. Tables are copied in
 from their .md files; every link is relative to reports/, so it works on GitHub and in the
 folder `dvc repro` writes.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..constants import CROSS_DATASET
 from ..io import write_text
 from . import efficiency, stats
 from .results import Results
@@ -24,6 +25,7 @@ def write(res: Results) -> None:
              "mean ± std over seeds; the marks are explained under [Legend](#legend), and every file is listed "
              "under [Files](#files).", ""]
     lines += _fewshot(res) + _section(res, "base2new", "Base-to-new generalization") + _section(res, "dg", "Domain generalization")
+    lines += _section(res, CROSS_DATASET, "Cross-dataset transfer")
     lines += _efficiency(res) + _significance(res) + _paper(res)
     lines += ["## Legend", "", legend(res.baselines), "",
               f"Wilcoxon signed-rank: with n ≤ 5 pairs an exact two-sided test cannot reach p < 0.05 "

@@ -85,6 +85,22 @@ def dg_target_order(dataset: str) -> tuple[int, str]:
     return (DG_TARGET_ORDER.index(key) if key in DG_TARGET_ORDER else len(DG_TARGET_ORDER), key)
 
 
+# CoCoOp's Table 2 column order (the 10 targets of an ImageNet-trained model).
+XD_TARGET_ORDER = ["caltech101", "oxfordpets", "stanfordcars", "oxfordflowers", "food101", "fgvcaircraft",
+                   "sun397", "dtd", "eurosat", "ucf101"]
+
+
+def xd_target_order(dataset: str) -> tuple[int, str]:
+    """Sort key: CoCoOp's Table 2 column order, then any other target alphabetically."""
+    key = norm_dataset(dataset)
+    return (XD_TARGET_ORDER.index(key) if key in XD_TARGET_ORDER else len(XD_TARGET_ORDER), key)
+
+
+def is_cross_dataset(row: dict) -> bool:
+    """A published row of a cross-dataset transfer table (CoCoOp's Table 2 and its copies)."""
+    return "cross-dataset" in str(row.get("table", "")).lower()
+
+
 def method_order(methods) -> list[str]:
     known = [m for m in METHOD_ORDER if m in set(methods)]
     return known + sorted(set(methods) - set(known))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..constants import CROSS_DATASET
 from . import paper, stats
 from .results import KEY, Lookup, Results
 
@@ -73,11 +74,16 @@ def _match(res: Results, by_method: Lookup, p: dict) -> dict:
     elif n_avg is None:
         target = paper.norm_dataset(p["dataset"])
         df = df[(df["eval_dataset_norm"] == target) & (df["split"] == split)]
-        if (df["protocol"] == "fewshot").any():  # ImageNet is both a few-shot dataset and the DG source
-            df = df[df["protocol"] == "fewshot"]
+        if paper.is_cross_dataset(p):  # a target: the ImageNet model's transfer, never a few-shot run on it;
+            xd = df[df["protocol"] == CROSS_DATASET]  # the source: that model's own (dg) cell
+            df = xd if not xd.empty else df[df["protocol"] == "dg"]
+        else:  # a transfer result never stands in for a few-shot or DG number
+            df = df[df["protocol"] != CROSS_DATASET]
+            if (df["protocol"] == "fewshot").any():  # ImageNet is both a few-shot dataset and the DG source
+                df = df[df["protocol"] == "fewshot"]
     else:
         want_dg = "target" in str(p["dataset"]).lower() or "ood" in str(p["dataset"]).lower()
-        df = df[df["protocol"] == ("dg" if want_dg else "fewshot")]
+        df = df[df["protocol"] == (CROSS_DATASET if paper.is_cross_dataset(p) else "dg" if want_dg else "fewshot")]
         if want_dg:
             df = df[~df["is_cell"]]
     if method == "zeroshot" and not df.empty:

@@ -5,8 +5,8 @@ per-image statistics, the runs' predictions.parquet. Partial grids are fine: an 
 no data is skipped and the skip is listed under "Notes" in reports/README.md.
 
 One module per artifact, each taking the prepared `Results`: `significance` (tests and
-bootstrap, run first: the tables print its marks), `fewshot`, `base2new`, `dg`, `efficiency`,
-`paper_vs_ours`, and `index` (README.md) last.
+bootstrap, run first: the tables print its marks), `fewshot`, `base2new`, `dg`, `cross_dataset`,
+`efficiency`, `paper_vs_ours`, and `index` (README.md) last.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import base2new, dg, efficiency, fewshot, index, paper_vs_ours, significance
+from . import base2new, cross_dataset, dg, efficiency, fewshot, index, paper_vs_ours, significance
 from .collect import check_consistency
 from .predictions import Predictions
 from .results import DEFAULT_BASELINES, Results, Writers
@@ -63,5 +63,6 @@ def _build(res: Results, preds: Predictions) -> None:
     fewshot.write(res, marks)
     base2new.write(res, marks)
     dg.write(res, marks)
+    cross_dataset.write(res, marks)
     efficiency.write(res)
     paper_vs_ours.write(res)

@@ -3,7 +3,8 @@
 `Results` holds the table with the columns the artifacts read (backbone, eval_dataset, split,
 train_minutes, …), the seed summary per table cell, where outputs go, the notes for
 reports/README.md and the list of written files. Each artifact module (`fewshot`, `base2new`,
-`dg`, `efficiency`, `paper_vs_ours`, `significance`, `index`) takes a `Results` and writes its files.
+`dg`, `cross_dataset`, `efficiency`, `paper_vs_ours`, `significance`, `index`) takes a `Results` and
+writes its files.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..constants import CROSS_DATASET
 from . import paper
 from .tables import write_table
 
@@ -25,14 +27,20 @@ DEFAULT_BASELINES = ["zeroshot", "coop"]
 # The collected table's columns the report reads; the others (hparams.*, selected.*, most of
 # provenance.*) only make every row selection slower.
 COLUMNS = ["protocol", "backbone_key", "dataset", "method", "shots", "seed", "preset", "backbone", "pretrained",
-           "eval_dataset", "eval_split", "top1", "n_test", "trainable_params", "epochs", "train_seconds",
-           "eval_seconds", "peak_mem_mb", "provenance.device", "provenance.manifest_sha256", "is_cell",
+           "eval_dataset", "eval_split", "eval_protocol", "top1", "n_test", "trainable_params", "epochs",
+           "train_seconds", "eval_seconds", "peak_mem_mb", "provenance.device", "provenance.manifest_sha256", "is_cell",
            "metrics_dir", "has_predictions"]
 
 
 def prepare(table: pd.DataFrame) -> pd.DataFrame:
-    """The collected table's COLUMNS with every column the report reads (missing ones filled in)."""
+    """The collected table's COLUMNS with every column the report reads (missing ones filled in).
+
+    A dg cell's evaluations on other datasets (`eval_protocol` "cross_dataset") get the protocol
+    "cross_dataset" here: they form their own table (CoCoOp's Table 2), family of tests and
+    baseline pairs, apart from the DG targets; the cell itself (the source accuracy) stays "dg"."""
     df = table[[c for c in COLUMNS if c in table]].copy()
+    if "eval_protocol" in df:
+        df.loc[(df["eval_protocol"] == CROSS_DATASET).to_numpy(), "protocol"] = CROSS_DATASET
     for col, default in [("backbone", None), ("eval_dataset", None), ("eval_split", "test"), ("top1", np.nan)]:
         if col not in df:
             df[col] = default

@@ -28,7 +28,11 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="run directory; may contain {method}, {shots} and {seed}")
     p.add_argument("--preset", default="clean", choices=PRESETS)
     p.add_argument("--protocol", default="fewshot", choices=PROTOCOLS)
-    p.add_argument("--eval", dest="evals", nargs="*", default=[], help="DG target datasets (--protocol dg)")
+    p.add_argument("--eval", dest="evals", nargs="*", default=[],
+                   help="DG target datasets (--protocol dg), scored over the source's classes")
+    p.add_argument("--cross-dataset", dest="cross_dataset", nargs="*", default=[],
+                   help="cross-dataset targets (--protocol dg): other datasets, each scored with its own class "
+                        "names by the same model (class-specific heads report n/a)")
     p.add_argument("--manifest", help="few-shot manifest (from `fewclip split`); sampled here if absent")
     p.add_argument("--features", help="feature-store root (default results/features)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
@@ -105,7 +109,8 @@ def cmd_run(args) -> int:
             data_root=args.data_root, dataset=args.dataset, method=m, backbone=args.backbone,
             backbone_key=args.backbone_key, pretrained=args.pretrained, out=fill(args.out, m, k, s), shots=k, seed=s,
             preset=args.preset, overrides=overrides[m], device=args.device, protocol=args.protocol,
-            evals=args.evals, manifest=fill(args.manifest, m, k, s) if args.manifest else None,
+            evals=args.evals, cross_dataset=args.cross_dataset,
+            manifest=fill(args.manifest, m, k, s) if args.manifest else None,
             features=args.features, config_hash=args.config_hash, workers=args.workers, expect_hparams=digest,
         ))
     if len({sp.out for sp in specs}) < len(specs):

@@ -1,6 +1,6 @@
 """Evaluation of a fitted method: the cell's own test split, and the extra targets of the same
-fitted model (base-to-new's new classes, DG targets), each into `eval_{target}/`. Each folder gets
-`predictions.parquet` and `metrics.json` (last)."""
+fitted model (base-to-new's new classes, DG targets, cross-dataset targets), each into
+`eval_{target}/`. Each folder gets `predictions.parquet` and `metrics.json` (last)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..constants import CROSS_DATASET
 from ..data.datasets import Dataset
 from ..errors import ConfigError
 from ..io import atomic_path, write_json
@@ -42,8 +43,8 @@ def eval_targets(spec) -> list[str]:
     if spec.protocol == "base2new":
         return ["new"]
     if spec.protocol == "dg":
-        return list(spec.evals)
-    if spec.evals:
+        return [*spec.evals, *spec.cross_dataset]
+    if spec.evals or spec.cross_dataset:
         raise ConfigError("evaluation targets are for --protocol dg")
     return []
 
@@ -60,10 +61,19 @@ def dg_classes(inputs, target: Dataset, source: Dataset, template_set: str) -> C
     return cls
 
 
+def cross_dataset_classes(inputs, target: Dataset, template_set: str) -> ClassSet:
+    """A cross-dataset target's classifier (CoCoOp's `xd_test.sh`): the target's own class names and
+    text features; none of its classes was seen in training, so class-specific heads are n/a."""
+    cls = inputs.classes(target, template_set)
+    cls.train_index = None
+    return cls
+
+
 def evaluate_targets(spec, method: Method, inputs, full: Dataset, n_base: int, template_set: str, base: dict,
                      stage: Path, precision: str) -> None:
     """The extra evaluations of the fitted model, each in `stage/eval_{target}` (n/a when the method
-    cannot score the target's classes: `na_reason`, top-1 None)."""
+    cannot score the target's classes: `na_reason`, top-1 None). A dg cell's evaluations record
+    `eval_protocol`: "dg" (a DG target) or "cross_dataset" (another dataset, its own classes)."""
     for target in eval_targets(spec):
         t0 = time.perf_counter()
         if target == "new":
@@ -73,13 +83,17 @@ def evaluate_targets(spec, method: Method, inputs, full: Dataset, n_base: int, t
             tds, tfeats = full, inputs.test(full, new_labels)
         else:
             tds = cached_dataset(target, spec.data_root)
-            tcls, tfeats = dg_classes(inputs, tds, full, template_set), inputs.test(tds)
+            tcls = (cross_dataset_classes(inputs, tds, template_set) if target in spec.cross_dataset
+                    else dg_classes(inputs, tds, full, template_set))
+            tfeats = inputs.test(tds)
         try:
             tlogits, na = inputs.logits(method, tfeats, tcls, precision), None
         except NotApplicable as why:
             tlogits, na = None, str(why)
         m = {**base, "eval_dataset": tds.name, "eval_split": "new" if target == "new" else "test",
              "n_classes": len(tcls.names), "eval_seconds": time.perf_counter() - t0}
+        if spec.protocol == "dg":
+            m["eval_protocol"] = CROSS_DATASET if target in spec.cross_dataset else "dg"
         if na:
             m["na_reason"] = na
         write_eval(stage / f"eval_{target}", tds, tfeats.paths, tfeats.labels, tlogits, m)

@@ -24,7 +24,8 @@ class RunSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     protocol: str = "fewshot"
-    evals: list[str] = field(default_factory=list)  # DG target datasets (protocol dg)
+    evals: list[str] = field(default_factory=list)  # DG target datasets (protocol dg): the source's classes
+    cross_dataset: list[str] = field(default_factory=list)  # cross-dataset targets (protocol dg): their own classes
     manifest: str | None = None  # a manifest written by `fewclip split`; sampled here when absent
     features: str | None = None  # feature-store root; default: fewclip.paths.FEATURES
     config_hash: str = ""

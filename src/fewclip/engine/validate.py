@@ -38,7 +38,8 @@ def cached_dataset(name: str, data_root: str) -> Dataset:
 
 def validate_spec(spec: RunSpec) -> Checked:
     """Refuse a cell that cannot run: bad seed/shots/device, unknown names, bad hyper-parameter
-    values, --eval without DG, missing or empty data (the source and every DG target), a
+    values, --eval or --cross-dataset without DG, a target named twice or the source as a
+    cross-dataset target, missing or empty data (the source, every DG and cross-dataset target), a
     manifest that does not fit, hyper-parameters other than the workflow planned, an --out that
     is a file, not writable, or another cell's run."""
     if spec.protocol not in PROTOCOLS:
@@ -50,11 +51,12 @@ def validate_spec(spec: RunSpec) -> Checked:
     check_device_name(spec.device)
     cls = get_method(spec.method)
     get_spec(spec.dataset)
-    for t in spec.evals:
+    for t in [*spec.evals, *spec.cross_dataset]:
         get_spec(t)
     if spec.evals and spec.protocol != "dg":
         raise ConfigError(f"--eval {' '.join(spec.evals)}: evaluation targets are for --protocol dg "
                           f"(this cell is --protocol {spec.protocol}); drop --eval or use --protocol dg")
+    _check_cross_dataset(spec)
     hp = resolve_hparams(cls, spec.dataset, spec.shots, spec.preset, spec.overrides, spec.protocol)
     if spec.expect_hparams and sha256_json(hp) != spec.expect_hparams:
         raise ConfigError(
@@ -83,8 +85,35 @@ def validate_spec(spec: RunSpec) -> Checked:
         check_not_empty(target.name, target.test, f"test (DG target of {spec.dataset})")
         if target.imagenet_index is None and len(target.classnames) != len(full.classnames):
             raise ConfigError(f"DG target {target.name} has {len(target.classnames)} classes, the source "
-                              f"{full.name} {len(full.classnames)}, and no index map between them")
+                              f"{full.name} {len(full.classnames)}, and no index map between them; a dataset "
+                              "with classes of its own is a cross-dataset target (`cross_dataset` in the "
+                              "config, `fewclip run --cross-dataset`)")
+    for t in spec.cross_dataset:
+        try:
+            target = cached_dataset(t, spec.data_root)
+        except DataError as err:
+            raise DataError(f"cross-dataset target {t} of {spec.dataset}: {err}") from err
+        check_not_empty(target.name, target.test, f"test (cross-dataset target of {spec.dataset})")
     return Checked(cls, hp, full, manifest)
+
+
+def _check_cross_dataset(spec: RunSpec) -> None:
+    """Cross-dataset targets: a dg cell's, each named once, none of them the source or a DG target."""
+    if not spec.cross_dataset:
+        return
+    if spec.protocol != "dg":
+        raise ConfigError(f"--cross-dataset {' '.join(spec.cross_dataset)}: cross-dataset targets are evaluated "
+                          f"by the model a --protocol dg cell trains (this cell is --protocol {spec.protocol}); "
+                          "drop --cross-dataset or use --protocol dg")
+    if spec.dataset in spec.cross_dataset:
+        raise ConfigError(f"--cross-dataset {spec.dataset}: {spec.dataset} is the source this cell trains on "
+                          "(its test split is the cell's own result); name other datasets")
+    for t in spec.cross_dataset:
+        if t in spec.evals:
+            raise ConfigError(f"{t} is both a DG target (--eval: the source's classes) and a cross-dataset "
+                              "target (--cross-dataset: its own classes); name it once")
+        if spec.cross_dataset.count(t) > 1:
+            raise ConfigError(f"--cross-dataset names {t} twice")
 
 
 def check_not_empty(dataset: str, items, split: str) -> None:

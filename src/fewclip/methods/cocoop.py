@@ -5,7 +5,12 @@ vector, per image: s·f·g([v + h(f), class])ᵀ.
 
 The official code runs the text encoder once per image (batch 1). Here the B×C prompts of a
 whole batch go through the text encoder in one pass (no Python loop over images); batch 1
-(`batch_size`, the default) reproduces the official setting."""
+(`batch_size`, the default) reproduces the official setting.
+
+Settings per protocol: CoCoOp's own scripts (base-to-new, cross-dataset, DG) use
+`vit_b16_c4_ep10_batch1_ctxv1`: 4 contexts from "a photo of a". CoCoOp's paper has no few-shot
+table; the few-shot comparison that runs it is DPT's, with `configs/trainers/VPT/cocoop.yaml`
+(fanrena/DPT): 16 random contexts, batch 1, 10 epochs, lr 0.002, warm-up 1 epoch at 1e-5."""
 
 from __future__ import annotations
 
@@ -26,9 +31,13 @@ EVAL_PROMPTS = 8192  # images × classes encoded at once while evaluating (memor
 class CoCoOp(PromptMethod):
     name = "cocoop"
     resources = {"mem_mb": 24000, "runtime": 480}  # one cell, paper GPUs (workflow scales for ImageNet)
-    # vit_b16_c4_ep10_batch1_ctxv1 in every protocol
+    # vit_b16_c4_ep10_batch1_ctxv1 (CoCoOp's protocols); few-shot: DPT's cocoop.yaml (defaults_for)
     hparams = {**TEXT_CONTEXT_HPARAMS, "n_ctx": HP(4, min=1), "ctx_init": "a photo of a",
                **train_hparams(epochs=10, lr=0.002, batch_size=1, warmup_epochs=1), **SGD_HPARAMS}
+
+    @classmethod
+    def defaults_for(cls, dataset, shots, preset, protocol="fewshot"):
+        return {"n_ctx": 16, "ctx_init": ""} if protocol == "fewshot" else {}
 
     def setup(self, task):
         self.attach(task)
