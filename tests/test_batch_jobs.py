@@ -14,6 +14,9 @@ from conftest import REPO, refused
 from test_workflow import job_stats, snakemake
 
 from fewclip.grid import image_methods
+from fewclip.methods import REGISTRY, load_all
+
+load_all()
 
 TINY = "fewclip-tiny-vit"
 
@@ -29,12 +32,18 @@ def _metrics(run) -> dict:
 
 def test_several_methods_run_in_one_process_as_they_do_alone(tmp_path, fixture_root, cli):
     out = tmp_path / "runs/{method}/seed{seed}"
-    cli("run", *_common(tmp_path, fixture_root), "--method", "zeroshot", "clip_adapter", "--shots", 1,
-        "--seed", 1, 2, "--out", out, "--set", "clip_adapter.epochs=2", check=True)
-    for method in ("zeroshot", "clip_adapter"):
-        for seed in (1, 2):
-            m = _metrics(tmp_path / f"runs/{method}/seed{seed}")
-            assert (m["method"], m["seed"], m["status"]) == (method, seed, "complete")
+    proc = cli("run", *_common(tmp_path, fixture_root), "--method", "zeroshot", "clip_adapter", "--shots", 1,
+               "--seed", 1, 2, "--out", out, "--set", "clip_adapter.epochs=2", check=True)
+    for seed in (1, 2):
+        m = _metrics(tmp_path / f"runs/clip_adapter/seed{seed}")
+        assert (m["method"], m["seed"], m["status"]) == ("clip_adapter", seed, "complete")
+    # zero-shot reads no few-shot sample (uses_fewshot_sample = False): its one cell, the first
+    # --shots and --seed, stands for every seed, and says so
+    m = _metrics(tmp_path / "runs/zeroshot/seed1")
+    assert (m["method"], m["seed"], m["status"], m["shared_across"]) == ("zeroshot", 1, "complete", ["shots", "seed"])
+    assert not (tmp_path / "runs/zeroshot/seed2").exists()
+    assert "shared_across" not in _metrics(tmp_path / "runs/clip_adapter/seed1")
+    assert "zeroshot: one cell (1-shot, seed 1) stands for every --shots and --seed" in proc.stderr
     assert _metrics(tmp_path / "runs/clip_adapter/seed1")["hparams"]["epochs"] == 2  # the scoped --set
     assert "epochs" not in _metrics(tmp_path / "runs/zeroshot/seed1")["hparams"]
     # the same cell run alone, with the unscoped --set of a one-method run
@@ -80,6 +89,8 @@ def test_bad_multi_method_runs_are_refused_before_anything_is_written(tmp_path, 
          ["epochs=0", "at least 1"]),  # a bad value of the second method stops the first one too
         (["--method", "zeroshot", "clip_adapter", "--out", tmp_path / "r/{method}", "--expect-hparams", "a" * 64],
          ["--expect-hparams", "1 digests for 2 cells"]),
+        (["--method", "zeroshot", "clip_adapter", "--seed", 1, 2, "--out", tmp_path / "r/{method}/{seed}",
+          "--expect-hparams", *["a" * 64] * 4], ["--expect-hparams", "4 digests for 3 cells"]),  # zero-shot: one
     ]
     for extra, words in cases:
         refused(cli("run", *base, *extra), *words)
@@ -101,7 +112,9 @@ def _batched_cells(out: str, image_methods: set) -> dict:
                 opts[key].append(a)
         methods = opts["--method"]
         assert len({m in image_methods for m in methods}) == 1, methods  # one side per job
-        cells = [(m, int(k), int(s)) for m in methods for k in opts["--shots"] for s in opts["--seed"]]
+        # a method whose class declares uses_fewshot_sample = False runs its first K and seed only
+        cells = [(m, int(k), int(s)) for m in methods for k in opts["--shots"] for s in opts["--seed"]
+                 if REGISTRY[m].uses_fewshot_sample or (k, s) == (opts["--shots"][0], opts["--seed"][0])]
         assert len(cells) == len(opts["--expect-hparams"])
         for (m, k, s), sha in zip(cells, opts["--expect-hparams"]):
             cell = (opts["--protocol"][0], opts["--backbone-key"][0], opts["--dataset"][0], m, k, s)
@@ -121,7 +134,8 @@ def _planned(config: dict) -> dict:
 
 def test_the_demo_runs_each_cell_once_in_one_job_per_protocol_dataset_and_side(tmp_path):
     """The demo's dry run: 14 batched fit jobs (7 (protocol, dataset) pairs × image/feature side),
-    and together they run every planned cell exactly once, with its planned digest."""
+    and together they run every planned cell exactly once, with its planned digest: zero-shot
+    (its result depends on neither K nor the seed) once per (protocol, dataset), 511 cells in all."""
     from fewclip.plan import check_config, read_config
 
     demo = check_config(read_config([], workdir=REPO))
@@ -133,7 +147,15 @@ def test_the_demo_runs_each_cell_once_in_one_job_per_protocol_dataset_and_side(t
     batch = {r: n for r, n in stats.items() if r.startswith("fit_batch")}
     assert sum(batch.values()) == 14 and set(batch) == {
         f"fit_batch_{p}_micro_{side}" for p in ("fewshot", "base2new", "dg") for side in ("images", "features")}
-    assert _batched_cells(out, image_methods()) == _planned(demo)
+    ran = _batched_cells(out, image_methods())
+    assert ran == _planned(demo) and len(ran) == 511  # 561 with zero-shot at every K and seed
+    once = sorted((p, d, k, s) for p, _, d, m, k, s in ran if m == "zeroshot")
+    assert once == [("base2new", d, 16, 1) for d in ("demo_scenes", "demo_shapes", "demo_textures")] + [
+        ("dg", "demo_shapes", 16, 1)] + [("fewshot", d, 1, 1) for d in ("demo_scenes", "demo_shapes", "demo_textures")]
+    # the batched jobs declare only that cell of zero-shot as an output
+    outputs = "\n".join(re.findall(r"^\s*output: (.*)$", out, flags=re.M))
+    declared = set(re.findall(r"results/runs/[^,\s]*/zeroshot/[^,\s]*", outputs))
+    assert declared == {f"results/runs/{p}/micro/{d}/zeroshot/{k}shot/seed{s}/metrics.json" for p, d, k, s in once}
 
 
 def test_the_paper_grid_batched_runs_each_of_its_cells_once(tmp_path, fixture_root):
@@ -150,4 +172,4 @@ def test_the_paper_grid_batched_runs_each_of_its_cells_once(tmp_path, fixture_ro
     assert "fit" not in stats and "fit_gpu" not in stats
     assert stats["fit_batch_fewshot_ViT_B_32_images"] == 11 and stats["fit_batch_dg_ViT_B_16_images"] == 1
     ran = _batched_cells(out, image_methods())
-    assert ran == _planned(paper) and len(ran) > 2000
+    assert ran == _planned(paper) and len(ran) == 2065

@@ -16,7 +16,7 @@ from conftest import REPO, refused
 from test_workflow import job_stats, snakemake, write_config
 
 from fewclip.errors import ConfigError
-from fewclip.grid import expand_grid, expected_metrics
+from fewclip.grid import expand_grid, expected_metrics, sample_free_methods
 from fewclip.plan import check_config, plan, plan_lines, read_config
 
 TINY = "fewclip-tiny-vit"
@@ -39,29 +39,30 @@ def dg_config(data_root="data", **dg) -> dict:
 def test_one_model_per_method_and_seed_is_evaluated_on_dg_and_cross_dataset_targets():
     planned = plan(check_config(dg_config()))
     cells = [p.cell for p in planned]
-    assert sorted((c.method, c.seed) for c in cells) == [("coop", 1), ("coop", 2), ("zeroshot", 1), ("zeroshot", 2)]
+    # zero-shot reads no few-shot sample (uses_fewshot_sample = False): one cell, the first seed's
+    assert sorted((c.method, c.seed) for c in cells) == [("coop", 1), ("coop", 2), ("zeroshot", 1)]
     for c in cells:  # one dg cell each, no cell per target
         assert (c.protocol, c.dataset) == ("dg", "imagenet")
         assert c.evals == ("imagenet_v2", "dtd", "eurosat") and c.cross_dataset == ("dtd", "eurosat")
         assert c.eval_dirs() == [f"{c.run_dir}/eval_{t}" for t in ("imagenet_v2", "dtd", "eurosat")]
-    metrics = {p.as_posix() for p in expected_metrics(dg_config())}
-    assert f"{cells[0].run_dir}/eval_eurosat/metrics.json" in metrics and len(metrics) == 4 * 4
+    metrics = {p.as_posix() for p in expected_metrics(dg_config(), sample_free=sample_free_methods())}
+    assert f"{cells[0].run_dir}/eval_eurosat/metrics.json" in metrics and len(metrics) == 3 * 4
     line = next(ln for ln in plan_lines(planned, as_json=False) if ln.startswith("dg tiny imagenet coop 1shot seed1"))
     assert " eval=imagenet_v2 cross_dataset=dtd,eurosat " in line
     row = json.loads(plan_lines(planned, as_json=True)[0])
     assert row["cross_dataset"] == ["dtd", "eurosat"] and row["evals"] == ["imagenet_v2", "dtd", "eurosat"]
     # cross-dataset targets alone (no DG targets) are a dg entry too
     only = plan(check_config(dg_config(targets=[])))
-    assert all(p.cell.evals == ("dtd", "eurosat") for p in only) and len(only) == 4
+    assert all(p.cell.evals == ("dtd", "eurosat") for p in only) and len(only) == 3
 
 
 def test_the_paper_config_scores_cocoops_table_2_with_the_dg_models():
-    """paper.yaml: CoCoOp's 10 targets join the 21 DG cells (7 methods x 3 seeds), with the settings
-    of scripts/cocoop/xd_train.sh, and the grid gains no cell."""
+    """paper.yaml: CoCoOp's 10 targets join the 19 DG cells (6 methods x 3 seeds + zero-shot once),
+    with the settings of scripts/cocoop/xd_train.sh, and the grid gains no cell."""
     config = check_config(read_config([REPO / "config" / "paper.yaml"]))
     planned = plan(config)
     dg = [p for p in planned if p.cell.protocol == "dg"]
-    assert len(dg) == 21 and len({(p.cell.method, p.cell.seed) for p in dg}) == 21
+    assert len(dg) == 19 and len({(p.cell.method, p.cell.seed) for p in dg}) == 19
     assert {p.cell.shots for p in dg} == {16} and {p.cell.backbone for p in dg} == {"ViT-B-16"}
     assert {"zeroshot", "coop", "cocoop", "clip_adapter"} <= {p.cell.method for p in dg}
     for p in dg:
@@ -101,13 +102,14 @@ def test_snakemake_plans_one_dg_job_per_method_and_seed_after_the_target_stores(
     rc, out = snakemake("-n", "-p", "--configfile", cfg, "--directory", tmp_path / "work", timeout=300)
     assert rc == 0, out[-4000:]
     stats = job_stats(out)
-    assert stats["fit"] == 2 and stats["fit_gpu"] == 2  # zeroshot and coop, 2 seeds: one training each
+    # coop, 2 seeds: one training each; zero-shot (no few-shot sample read) once
+    assert stats["fit"] == 1 and stats["fit_gpu"] == 2
     assert stats["encode"] == 4  # the source, the DG target and both cross-dataset targets
     runs = [ln for ln in out.splitlines() if "fewclip run " in ln]
-    assert len(runs) == 4 and all("--eval imagenet_v2 --cross-dataset dtd eurosat" in ln for ln in runs)
+    assert len(runs) == 3 and all("--eval imagenet_v2 --cross-dataset dtd eurosat" in ln for ln in runs)
     inputs = [ln for ln in out.splitlines()
               if ln.strip().startswith("input:") and "splits/imagenet" in ln and "store.json" in ln]
-    assert len(inputs) == 4
+    assert len(inputs) == 3
     for ln in inputs:
         for t in ("imagenet", "imagenet_v2", "dtd", "eurosat"):
             assert f"results/features/tiny/{t}/store.json" in ln, ln

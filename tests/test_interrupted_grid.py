@@ -90,7 +90,7 @@ def test_killed_grid_reruns_to_the_uninterrupted_result(tmp_path, fixture_root):
     cfg = _config(tmp_path / "cfg.yaml", fixture_root)
     assert _snakemake(clean, cfg) == 0
     expected = _results(clean)
-    assert len(expected) == 8  # 4 methods x 2 shots
+    assert len(expected) == 7  # 3 methods x 2 shots + zero-shot once (it reads no few-shot sample)
 
     watcher = MetricsWatcher(crashed)
     watcher.start()

@@ -109,8 +109,15 @@ def paper_plans():
 @pytest.mark.parametrize("preset", ["clean", "official"])
 def test_paper_plan_matches_spec_cell_by_cell(paper_plans, preset):
     rows = paper_plans[preset]
-    # few-shot: 11 datasets × 5 K × 3 seeds × (6 methods on RN50 + 7 on ViT-B-32) = 2145
-    assert len(rows) == 2145 + 231 + 21  # + base-to-new + DG cells
+    # few-shot: 11 datasets × 5 K × 3 seeds × (5 methods on RN50 + 6 on ViT-B-32) = 1815, + zero-shot
+    # once per (backbone, dataset): 22 (its result depends on neither K nor the seed); base-to-new
+    # 11 × 3 seeds × 6 + 11 zero-shot = 209; DG 6 × 3 + 1 = 19
+    assert len(rows) == 1815 + 22 + 209 + 19 == 2065
+    once = [r for r in rows if r["method"] == "zeroshot"]
+    assert sorted((r["protocol"], r["backbone"], r["dataset"]) for r in once) == sorted(
+        {(r["protocol"], r["backbone"], r["dataset"]) for r in rows if r["method"] == "coop"})
+    assert {(r["shots"], r["seed"]) for r in once if r["protocol"] == "fewshot"} == {(1, 1)}  # the first K and seed
+    assert {(r["shots"], r["seed"]) for r in once if r["protocol"] != "fewshot"} == {(16, 1)}
     # few-shot backbones: CoOp's and Tip-Adapter's tables on RN50, DPT's table on ViT-B/32
     backbones = {"zeroshot": {"RN50", "ViT-B-32"}, "linear_probe": {"RN50", "ViT-B-32"}, "coop": {"RN50", "ViT-B-32"},
                  "clip_adapter": {"RN50"}, "tip_adapter": {"RN50"}, "tip_adapter_f": {"RN50"},

@@ -154,9 +154,11 @@ def test_paper_config_plans_the_whole_grid(tmp_path, fixture_root):
     assert rc == 0, out[-5000:]
     stats = job_stats(out)
     print(f"paper grid planned in {seconds:.1f} s: {stats}")
-    # few-shot: 11 datasets x (6 RN50 + 7 ViT-B-32 methods) x 5 shots x 3 seeds = 2145
-    # base-to-new: 11 x 7 x 3 = 231; DG: 7 x 3 = 21 -> 2397 cells; image-encoder methods on the GPU.
-    assert stats["fit"] + stats["fit_gpu"] == 2145 + 231 + 21
+    # few-shot: 11 datasets x (5 RN50 + 6 ViT-B-32 methods) x 5 shots x 3 seeds = 1815, + zero-shot
+    # once per (backbone, dataset) = 22 (its class declares uses_fewshot_sample = False);
+    # base-to-new: 11 x 6 x 3 + 11 = 209; DG: 6 x 3 + 1 = 19 -> 2065 cells (2397 with zero-shot
+    # at every K and seed); image-encoder methods on the GPU.
+    assert stats["fit"] + stats["fit_gpu"] == 1815 + 22 + 209 + 19 == 2065
     # few-shot coop (RN50) and coop/cocoop/vpt/vlp/dpt (ViT-B-32); base-to-new and DG: coop, cocoop
     assert stats["fit_gpu"] == 11 * 5 * 3 * (1 + 5) + (11 + 1) * 3 * 2
     assert stats["split"] == 11 * 5 * 3  # base-to-new and DG reuse the 16-shot manifests

@@ -10,6 +10,11 @@ PROTOCOLS = ("fewshot", "base2new", "dg")
 # scored with its own classes (`eval_protocol` in their metrics.json; the report's table name).
 CROSS_DATASET = "cross_dataset"
 
+# metrics.json key of a result that stands for several cells: the cell fields it depends on none of
+# (["shots", "seed"] for a method with `uses_fewshot_sample = False`); `fewclip collect` places it at
+# every such (shots, seed) of the other methods, each copy pointing at the one run directory.
+SHARED_ACROSS = "shared_across"
+
 # Hyper-parameter presets: "clean" (one rule for every dataset) and "official" (the papers' code).
 PRESETS = ("clean", "official")
 

@@ -7,8 +7,10 @@ every cross-dataset target (`cross_dataset`).
 
 What a cell needs from a scheduler (its side, memory, run time) comes from its method's class in
 the registry (`needs`, `resource_needs()`), never from the config: `image_methods` and
-`cell_resources` are what the Snakemake rules call. The methods are imported only there (torch),
-so `fewclip collect` can read the grid without them.
+`cell_resources` are what the Snakemake rules call. A method whose result depends on neither K nor
+the seed (`uses_fewshot_sample = False`) has one cell per (protocol, backbone, dataset) when the
+caller passes it in `sample_free` (the planner passes `sample_free_methods()`). The methods are
+imported only in those three functions (torch), so `fewclip collect` can read the grid without them.
 """
 
 from __future__ import annotations
@@ -74,8 +76,42 @@ def cell_resources(method: str, dataset: str, shots: int) -> tuple[int, int]:
     return mem, minutes
 
 
-def expand_grid(config: dict) -> list[Cell]:
-    """Every cell of the configured grid, in a stable order."""
+def sample_free_methods() -> set[str]:
+    """The registered methods whose class declares `uses_fewshot_sample = False`: their result
+    depends on neither K nor the seed, so the planner passes them to `expand_grid` as `sample_free`
+    (one cell per protocol, backbone and dataset). Imports the registry (torch), as `image_methods`."""
+    from .methods import sample_free_methods as registered
+
+    return set(registered())
+
+
+def canonical_cell(config: dict, protocol: str) -> tuple[int, int]:
+    """(K, seed) of the one cell a sample-free method runs per (backbone, dataset) of `protocol`:
+    the protocol's first K and the config's first seed, so its run directory and manifest are
+    those of an ordinary cell."""
+    return _as_list(config["protocols"][protocol]["shots"])[0], config["seeds"][0]
+
+
+def method_cells(methods, shots, seeds, sample_free=()) -> list[tuple[str, int, int]]:
+    """(method, K, seed) of `methods` × `shots` × `seeds` in run order (method, then K, then seed);
+    a method in `sample_free` only at (shots[0], seeds[0]). The cells of one (protocol, backbone,
+    dataset): `expand_grid`, a batched workflow job and a multi-cell `fewclip run` all use it."""
+    out = []
+    for m in methods:
+        if m in sample_free:
+            out.append((m, shots[0], seeds[0]))
+        else:
+            out.extend((m, k, s) for k in shots for s in seeds)
+    return out
+
+
+def expand_grid(config: dict, sample_free=()) -> list[Cell]:
+    """Every cell of the configured grid, in a stable order.
+
+    `sample_free`: methods whose result depends on neither K nor the seed (`uses_fewshot_sample =
+    False`; the planner passes `sample_free_methods()`): one cell each per (protocol, backbone,
+    dataset), at `canonical_cell`. Without it every (K, seed) of every method is a cell; the grid
+    module itself never imports the registry (`fewclip collect` reads the grid without torch)."""
     seeds = config["seeds"]
     cells: list[Cell] = []
     protocols = config.get("protocols", {})
@@ -83,25 +119,21 @@ def expand_grid(config: dict) -> list[Cell]:
     if fs:
         for run in fs["runs"]:
             for dataset in fs["datasets"]:
-                for method in run["methods"]:
-                    for k in fs["shots"]:
-                        for s in seeds:
-                            cells.append(Cell("fewshot", run["backbone"], dataset, method, k, s))
+                for method, k, s in method_cells(run["methods"], fs["shots"], seeds, sample_free):
+                    cells.append(Cell("fewshot", run["backbone"], dataset, method, k, s))
     b2n = protocols.get("base2new")
     if b2n:
         for run in b2n["runs"]:
             for dataset in b2n["datasets"]:
-                for method in run["methods"]:
-                    for s in seeds:
-                        cells.append(Cell("base2new", run["backbone"], dataset, method, b2n["shots"], s, ("new",)))
+                for method, k, s in method_cells(run["methods"], [b2n["shots"]], seeds, sample_free):
+                    cells.append(Cell("base2new", run["backbone"], dataset, method, k, s, ("new",)))
     dg = protocols.get("dg")
     if dg:
         targets, cross = tuple(dg.get("targets") or ()), tuple(dg.get("cross_dataset") or ())
         for run in dg["runs"]:
-            for method in run["methods"]:
-                for k in _as_list(dg["shots"]):
-                    for s in seeds:  # one model per (method, K, seed), evaluated on every target
-                        cells.append(Cell("dg", run["backbone"], dg["source"], method, k, s, targets + cross, cross))
+            # one model per (method, K, seed), evaluated on every target
+            for method, k, s in method_cells(run["methods"], _as_list(dg["shots"]), seeds, sample_free):
+                cells.append(Cell("dg", run["backbone"], dg["source"], method, k, s, targets + cross, cross))
     return cells
 
 
@@ -109,10 +141,10 @@ def _as_list(x):
     return x if isinstance(x, list) else [x]
 
 
-def expected_metrics(config: dict, results: str = paths.RESULTS) -> list[Path]:
-    """All metrics.json files a complete run of the grid writes."""
+def expected_metrics(config: dict, results: str = paths.RESULTS, sample_free=()) -> list[Path]:
+    """All metrics.json files a complete run of the grid writes (`sample_free` as `expand_grid`)."""
     out = []
-    for c in expand_grid(config):
+    for c in expand_grid(config, sample_free):
         base = Path(run_dir(c.protocol, c.backbone, c.dataset, c.method, c.shots, c.seed, results=results))
         out.append(base / "metrics.json")
         out.extend(base / f"eval_{t}" / "metrics.json" for t in c.evals)

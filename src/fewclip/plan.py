@@ -5,8 +5,9 @@ files, or the embedded demo's `config/config.yaml` when none is given, then `--c
 overrides), validate it (`check_config`: the JSON schema, backbone model names, method names,
 `method_params` keys and values) and expand it (`plan`). Each planned cell carries the dict
 that `resolve_hparams` returns for it, the same dict `fewclip run` records under `hparams` in
-metrics.json; the workflow passes its digest to every job (`--expect-hparams`), and a run that
-would resolve anything else stops before it starts.
+metrics.json (a method whose result depends on neither K nor the seed, `uses_fewshot_sample =
+False`, is planned once per protocol, backbone and dataset); the workflow passes its digest to
+every job (`--expect-hparams`), and a run that would resolve anything else stops before it starts.
 
 Needs the method registry (torch), never open_clip, a model or data.
 """
@@ -23,7 +24,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .grid import Cell, expand_grid
+from .grid import Cell, expand_grid, sample_free_methods
 
 DEMO_CONFIG = "config/config.yaml"  # the embedded demo: used only when no --configfile is given
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
@@ -223,13 +224,15 @@ def _registry() -> dict:
 
 
 def plan(config: dict) -> list[PlannedCell]:
-    """Every cell of a checked config, with the hyper-parameters its run will use."""
+    """Every cell of a checked config, with the hyper-parameters its run will use. A method whose
+    class declares `uses_fewshot_sample = False` has one cell per (protocol, backbone, dataset),
+    at the protocol's first K and the config's first seed (`grid.canonical_cell`)."""
     from .methods import get_method, resolve_hparams
 
     params = config.get("method_params", {})
     out = []
     resolved: dict[tuple, dict] = {}
-    for cell in expand_grid(config):
+    for cell in expand_grid(config, sample_free_methods()):
         key = (cell.method, cell.dataset, cell.shots, cell.protocol)
         if key not in resolved:
             cls = get_method(cell.method)

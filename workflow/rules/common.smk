@@ -6,7 +6,7 @@ from snakemake.utils import validate
 
 from fewclip import paths
 from fewclip.constants import PRESETS, PROTOCOLS
-from fewclip.grid import cell_resources, image_methods
+from fewclip.grid import cell_resources, image_methods, method_cells, sample_free_methods
 from fewclip.plan import check_config, check_retired_keys, plan
 
 
@@ -21,6 +21,9 @@ HPARAMS_SHA = {(c.protocol, c.backbone, c.dataset, c.method, c.shots, c.seed): p
                for p, c in zip(PLAN, CELLS)}
 CONFIG_HASH = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 IMAGE_METHODS = image_methods()  # from the registry: the methods whose class declares needs = "images"
+# ... and those whose class declares uses_fewshot_sample = False: one cell per (protocol, backbone,
+# dataset), at the protocol's first K and first seed (the planner's CELLS hold only that one).
+SAMPLE_FREE = sample_free_methods()
 DATA_ROOT = config["data_root"]
 # `fit` runs the feature-level methods (CPU), `fit_gpu` the image-encoder ones (`needs = "images"`):
 # two rule names so that a cluster profile can send them to different partitions.
@@ -129,11 +132,19 @@ def batch_groups():
     return [(p, b, side, sorted(ms)) for (p, b, side), ms in sorted(groups.items())]
 
 
+def batch_cells(protocol, methods):
+    """(method, shots, seed) of one batched job's cells, in the order `fewclip run` runs them: every
+    (shots, seed) of a method, or the first of each for a method whose result depends on neither
+    (SAMPLE_FREE; `fewclip run` skips the others the same way, fewclip.grid.method_cells)."""
+    return method_cells(methods, batch_shots(protocol), config["seeds"], SAMPLE_FREE)
+
+
 def batch_outputs(protocol, methods):
-    """Outputs of one batched job: every (method, shots, seed) cell of a (backbone, dataset).
+    """Outputs of one batched job: its (method, shots, seed) cells of a (backbone, dataset).
     Protocol, backbone and dataset stay wildcards (each batch rule constrains the first two)."""
-    return expand(f"{paths.RUN_DIR}/metrics.json", method=methods, shots=batch_shots(protocol), seed=config["seeds"],
-                  allow_missing=True)
+    metrics = f"{paths.RUN_DIR}/metrics.json"
+    return [metrics.replace("{method}", m).replace("{shots}", str(k)).replace("{seed}", str(s))
+            for m, k, s in batch_cells(protocol, methods)]
 
 
 def batch_inputs(wildcards):
@@ -152,7 +163,7 @@ def batch_args(methods):
         shots = [str(k) for k in batch_shots(w.protocol)]
         seeds = [str(s) for s in config["seeds"]]
         digests = [HPARAMS_SHA[(w.protocol, w.backbone, w.dataset, m, int(k), int(s))]
-                   for m in methods for k in shots for s in seeds]  # the order `fewclip run` runs them
+                   for m, k, s in batch_cells(w.protocol, methods)]  # the order `fewclip run` runs them
         cells = shlex.join(["--method", *methods, "--shots", *shots, "--seed", *seeds, "--out", out,
                             "--manifest", manifest_path(w.dataset, "{shots}", "{seed}"),
                             "--expect-hparams", *digests])
@@ -170,8 +181,7 @@ def batch_resources(protocol, side, methods):
         return max(cell_mem(m, wildcards.dataset) for m in methods)
 
     def runtime(wildcards):
-        return len(config["seeds"]) * sum(cell_runtime(m, wildcards.dataset, k)
-                                          for m in methods for k in batch_shots(protocol))
+        return sum(cell_runtime(m, wildcards.dataset, k) for m, k, _ in batch_cells(protocol, methods))
 
     return 4 if image else 1, 1 if image else 0, mem, runtime
 

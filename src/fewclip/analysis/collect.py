@@ -1,4 +1,10 @@
-"""Run directories → one tidy table (one row per metrics.json), missing cells, consistency checks."""
+"""Run directories → one tidy table (one row per metrics.json), missing cells, consistency checks.
+
+A result that stands for several cells (metrics.json `shared_across`: a method whose class declares
+`uses_fewshot_sample = False` runs one cell per protocol, backbone and dataset) is also placed at
+every (shots, seed) of the other methods' cells, and of the config's grid when one is given: the
+same rows the report would read from one run per (shots, seed), each marked `replica` and
+pointing (`run_dir`, `metrics_dir`) at the one run, whose predictions every test then reads."""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import paths
+from ..constants import SHARED_ACROSS
 from ..errors import FewclipError
 from ..grid import expand_grid
 
@@ -95,8 +102,10 @@ def _row(path: Path, runs: Path) -> dict:
     return row
 
 
-def collect_runs(runs: str | os.PathLike) -> pd.DataFrame:
-    """One row per metrics.json below `runs`; hparams/provenance flattened as `hparams.x`, `provenance.x`."""
+def collect_runs(runs: str | os.PathLike, config: dict | None = None) -> pd.DataFrame:
+    """One row per metrics.json below `runs`; hparams/provenance flattened as `hparams.x`, `provenance.x`.
+    A result that stands for several cells (`shared_across`) gets a row at each of them
+    (`share_results`; `config`: the grid, whose cells count too)."""
     runs = Path(runs)
     if not runs.is_dir():
         raise FewclipError(f"runs directory not found: {runs}; pass --runs the folder that holds <protocol>/ run trees")
@@ -112,7 +121,7 @@ def collect_runs(runs: str | os.PathLike) -> pd.DataFrame:
             "(the previous one is kept): " + "; ".join(bad[:10]) + (f"; … and {len(bad) - 10} more" if len(bad) > 10
                                                                     else "")
             + ". Delete those run directories and rerun their cells (or move them out of --runs)")
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(share_results(rows, config))
     if df.empty:
         return df
     if "eval_split" not in df:
@@ -123,7 +132,66 @@ def collect_runs(runs: str | os.PathLike) -> pd.DataFrame:
     df["eval_dataset"] = df["eval_dataset"].fillna(df["dataset"])
     if "top1" in df:
         df["top1"] = pd.to_numeric(df["top1"], errors="coerce")
+    if SHARED_ACROSS in df:  # '["shots", "seed"]' where a run says so, else empty
+        df[SHARED_ACROSS] = [json.dumps(v) if isinstance(v, list) else None for v in df[SHARED_ACROSS]]
     return _parquet_safe(df)
+
+
+def _shared_fields(row: dict) -> set[str]:
+    """The cell fields (`shots`, `seed`) a row's result does not depend on (metrics.json `shared_across`)."""
+    value = row.get(SHARED_ACROSS)
+    return {f for f in ("shots", "seed") if isinstance(value, list) and f in value}
+
+
+def share_results(rows: list[dict], config: dict | None = None) -> list[dict]:
+    """`rows` (each `replica: False`), and a copy of every row whose result stands for several cells
+    at each (shots, seed) of its (protocol, backbone_key, dataset) where another method has a
+    finished cell, or the config's grid has a cell, and no run of its own lies (`replica: True`).
+
+    A copy keeps everything but its shots and seed, so `run_dir` and `metrics_dir` name the one
+    run (the tests read its predictions once); its `provenance.manifest_sha256` is empty, since
+    the run read no sample of that cell. The rows come in the order of their (for a copy: virtual)
+    metrics.json paths, the order one run per cell gives."""
+    for r in rows:
+        r["replica"] = False
+    shared = [r for r in rows if _shared_fields(r)]
+    if not shared:
+        return rows
+
+    def group(r):
+        return r["protocol"], r["backbone_key"], r["dataset"]
+
+    places: dict[tuple, set] = {}
+    for r in rows:
+        if r["is_cell"] and not _shared_fields(r):
+            places.setdefault(group(r), set()).add((int(r["shots"]), int(r["seed"])))
+    for c in expand_grid(config) if config else ():
+        places.setdefault((c.protocol, c.backbone, c.dataset), set()).add((c.shots, c.seed))
+    have = {(*group(r), r["method"], r["eval"], int(r["shots"]), int(r["seed"])) for r in rows}
+    out = list(rows)
+    for r in shared:
+        kept = {"shots", "seed"} - _shared_fields(r)
+        for shots, seed in sorted(places.get(group(r), ())):
+            place = {"shots": shots, "seed": seed}
+            key = (*group(r), r["method"], r["eval"], shots, seed)
+            if key in have or any(place[f] != int(r[f]) for f in kept):
+                continue
+            have.add(key)
+            copy = {**r, "shots": shots, "seed": seed, "replica": True}
+            if "provenance.manifest_sha256" in copy:
+                copy["provenance.manifest_sha256"] = None
+            out.append(copy)
+    return sorted(out, key=_path_parts)
+
+
+def _path_parts(row: dict) -> tuple[str, ...]:
+    """The parts of the metrics.json path a row stands for, a copy's at its own (shots, seed):
+    sorted, they give find_metrics's order."""
+    parts = Path(row["metrics_dir"]).parts
+    if row["replica"]:
+        n = len(Path(row["run_dir"]).parts)
+        parts = (*parts[:n - 2], f"{row['shots']}shot", f"seed{row['seed']}", *parts[n:])
+    return (*parts, "metrics.json")
 
 
 def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
@@ -168,11 +236,29 @@ def _refuse_mixed(df: pd.DataFrame, keys: list[str], field: str) -> None:
     )
 
 
-def missing_cells(config: dict, runs: str | os.PathLike) -> pd.DataFrame:
-    """The grid's metrics.json files that do not exist yet: 'unfinished' if the run dir exists, else 'not run'."""
+def sample_free(config: dict, df: pd.DataFrame) -> set[str]:
+    """The grid's methods whose result depends on neither K nor the seed (`uses_fewshot_sample =
+    False`): as their finished runs record it (metrics.json `shared_across`, written from the class),
+    read without importing the method registry; only a method of the grid with no finished run at
+    all is looked up in the registry (which imports torch)."""
+    grid = {c.method for c in expand_grid(config)}
+    ran = set(df["method"]) if "method" in df else set()
+    out = set(df.loc[df[SHARED_ACROSS].notna(), "method"]) if SHARED_ACROSS in df else set()
+    if grid - ran:
+        from ..grid import sample_free_methods
+
+        out |= (grid - ran) & sample_free_methods()
+    return out
+
+
+def missing_cells(config: dict, runs: str | os.PathLike, sample_free=()) -> pd.DataFrame:
+    """The grid's metrics.json files that do not exist yet: 'unfinished' if the run dir exists, else 'not run'.
+    `sample_free`: the methods the grid runs once per (protocol, backbone, dataset) (the function
+    `sample_free` names them, the planner passes the same to `expand_grid`): only that cell of
+    theirs is expected."""
     runs = Path(runs)
     rows = []
-    for cell in expand_grid(config):
+    for cell in expand_grid(config, sample_free):
         cell_dir = runs / Path(cell.run_dir).relative_to(paths.RUNS)
         targets = [(None, cell_dir)] + [(t, cell_dir / f"eval_{t}") for t in cell.evals]
         for target, folder in targets:

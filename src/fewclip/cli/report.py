@@ -14,7 +14,8 @@ from .args import resamples_type
 def register(subparsers) -> None:
     p = subparsers.add_parser("collect", help="gather every run's metrics.json into one table (parquet + CSV)")
     p.add_argument("--runs", default="results/runs", help="folder holding <protocol>/<backbone>/... run directories")
-    p.add_argument("--config", help="grid config (YAML): list cells of the grid that have no metrics.json yet")
+    p.add_argument("--config", help="grid config (YAML): list cells of the grid that have no metrics.json yet "
+                                    "(and place results that depend on neither K nor the seed at its cells too)")
     p.add_argument("--out", default="results/all_runs.parquet", help="output table (.parquet; a .csv is written beside it)")
     p.add_argument("--strict", action="store_true", help="exit non-zero when cells of the configured grid are missing")
     p.add_argument("--allow-empty", action="store_true",
@@ -49,14 +50,16 @@ def _load_config(path: str | None) -> dict | None:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from ..analysis.collect import check_consistency, collect_runs, machine_warnings, missing_cells, scan_metrics
+    from ..analysis.collect import (check_consistency, collect_runs, machine_warnings, missing_cells, sample_free,
+                                    scan_metrics)
 
     out = Path(args.out)
     if out.suffix != ".parquet":
         raise FewclipError(f"--out must end in .parquet (got {out}); a CSV is written beside it")
     if out.is_dir():
         raise FewclipError(f"--out {out} is a folder; pass the path of the .parquet table to write")
-    df = collect_runs(args.runs)
+    config = _load_config(args.config)
+    df = collect_runs(args.runs, config)
     for path, why in scan_metrics(args.runs)[1]:
         print(f"fewclip collect: skipped {path}: {why}", file=sys.stderr)
     if df.empty and not args.allow_empty:
@@ -70,11 +73,13 @@ def cmd_collect(args: argparse.Namespace) -> int:
     with atomic_path(out) as tmp:
         df.to_parquet(tmp, index=False)
     write_text(out.with_suffix(".csv"), df.to_csv(index=False))
-    print(f"collected {len(df)} metrics files from {args.runs} → {out}")
-    config = _load_config(args.config)
+    copies = int(df["replica"].sum()) if "replica" in df else 0
+    print(f"collected {len(df) - copies} metrics files from {args.runs} → {out}"
+          + (f" (+ {copies} rows placing results that depend on neither K nor the seed at the other cells' "
+             "K and seed)" if copies else ""))
     if config is None:
         return 0
-    missing = missing_cells(config, args.runs)
+    missing = missing_cells(config, args.runs, sample_free(config, df))
     write_text(out.parent / "missing.csv", missing.to_csv(index=False))
     if missing.empty:
         print("every cell of the configured grid is finished")

@@ -20,7 +20,9 @@ def register(sub) -> None:
     p.add_argument("--data-root", required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--method", nargs="+", required=True,
-                   help="method(s); several values run their cells in one process (--out must then contain {method})")
+                   help="method(s); several values run their cells in one process (--out must then contain {method}). "
+                        "A method whose result depends on neither K nor the seed (its class declares "
+                        "uses_fewshot_sample = False) runs one cell: the first --shots and the first --seed")
     p.add_argument("--shots", type=shots_type, nargs="+", required=True,
                    help="K; several values run several cells in one process (--out must then contain {shots})")
     p.add_argument("--seed", type=seed_type, nargs="+", required=True,
@@ -41,7 +43,8 @@ def register(sub) -> None:
     p.add_argument("--config-hash", default="")
     p.add_argument("--expect-hparams", nargs="+", default=[], metavar="SHA256",
                    help="the workflow's planned hyper-parameter digest per cell (`fewclip plan`), in the order "
-                        "the cells run (method, then shots, then seed); a cell that would resolve other values is refused")
+                        "the cells run (method, then shots, then seed; one cell for a method whose result depends on "
+                        "neither); a cell that would resolve other values is refused")
     p.add_argument("--workers", type=count_type, default=0)
     p.set_defaults(func=cmd_run)
 
@@ -81,12 +84,22 @@ def parse_overrides(pairs: list[str], methods: list[str]) -> dict[str, dict]:
 
 def cmd_run(args) -> int:
     """One cell, or several (methods × shots × seeds) in one process: cheap cells then share one
-    start-up. Every cell is validated before the first one starts (a bad cell leaves nothing)."""
+    start-up. Every cell is validated before the first one starts (a bad cell leaves nothing).
+    A method whose class declares `uses_fewshot_sample = False` runs only its canonical cell, the
+    first --shots and the first --seed (the workflow lists them in the config's order, so that is
+    the cell the planner planned): its result stands for every K and seed."""
     from ..gpus import claim
+    from ..grid import method_cells
+    from ..methods import get_method  # the registry (torch), not CUDA: claim() still comes first
 
     if len(set(args.method)) < len(args.method):
         raise ConfigError(f"--method {' '.join(args.method)} names a method twice")
-    cells = [(m, k, s) for m in args.method for k in args.shots for s in args.seed]
+    sample_free = {m for m in args.method if not get_method(m).uses_fewshot_sample}
+    cells = method_cells(args.method, args.shots, args.seed, sample_free)
+    if sample_free and len(args.shots) * len(args.seed) > 1:
+        print(f"fewclip run: {', '.join(sorted(sample_free))}: one cell ({args.shots[0]}-shot, seed {args.seed[0]}) "
+              "stands for every --shots and --seed (the result depends on neither: uses_fewshot_sample = False)",
+              file=sys.stderr, flush=True)
     for field, values in (("{method}", args.method), ("{shots}", args.shots), ("{seed}", args.seed)):
         if len(values) > 1 and field not in args.out:
             raise ConfigError(f"several --{field[1:-1]} values need '{field}' in --out "

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..constants import SHARED_ACROSS
 from ..data.datasets import Item, base_new_split
 from ..data.fewshot import base_new_manifest
 from ..io import atomic_path, sha256_json
@@ -117,9 +118,12 @@ def _cell_data(spec: RunSpec, checked: Checked) -> CellData:
 
 def _result_base(spec: RunSpec, cls: type[Method], hp: dict, method: Method, manifest: dict, info: dict,
                  train_stats: dict, train_seconds: float, device: torch.device, backbone_sha: str) -> dict:
-    """What every metrics.json of the cell shares (its own and each extra evaluation's)."""
+    """What every metrics.json of the cell shares (its own and each extra evaluation's). A method
+    that reads no few-shot data (`uses_fewshot_sample = False`) says that its result stands for
+    every K and seed: `fewclip collect` then places it at the other methods' (shots, seed)."""
+    shared = {} if cls.uses_fewshot_sample else {SHARED_ACROSS: ["shots", "seed"]}
     return {
-        **spec.identity(), "method": cls.name,
+        **spec.identity(), "method": cls.name, **shared,
         "trainable_params": sum(p.numel() for p in method.parameters() if p.requires_grad),
         "epochs": int(hp.get("epochs", 0)) if cls.trains else 0, "train_seconds": train_seconds,
         "peak_mem_mb": peak_mem_mb(device), "hparams": hp, "selected": info, "train": train_stats,

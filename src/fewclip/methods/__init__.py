@@ -24,7 +24,8 @@ from .base import HP, RESOURCE_DEFAULTS, ClassSet, DataNeeds, Method, NotApplica
 
 __all__ = ["HP", "RESOURCE_DEFAULTS", "ClassSet", "DataNeeds", "Method", "NotApplicable", "train_hparams", "REGISTRY",
            "register",
-           "load_all", "get_method", "image_methods", "resolve_hparams", "validate_hparams", "as_number"]
+           "load_all", "get_method", "image_methods", "sample_free_methods", "resolve_hparams", "validate_hparams",
+           "as_number"]
 
 REGISTRY: dict[str, type[Method]] = {}
 
@@ -36,6 +37,8 @@ def register(cls: type[Method]) -> type[Method]:
         raise TypeError(f"method name '{cls.name}' is registered twice ({REGISTRY[cls.name].__module__}, {cls.__module__})")
     if cls.needs not in ("features", "images"):
         raise TypeError(f"method {cls.name}: needs must be 'features' or 'images'")
+    if not isinstance(cls.uses_fewshot_sample, bool):
+        raise TypeError(f"method {cls.name}: uses_fewshot_sample must be True or False")
     REGISTRY[cls.name] = cls
     return cls
 
@@ -89,6 +92,12 @@ def get_method(name: str) -> type[Method]:
 def image_methods() -> list[str]:
     """The registered methods that train through the image encoder (`needs = "images"`)."""
     return sorted(name for name, cls in load_all().items() if cls.needs == "images")
+
+
+def sample_free_methods() -> list[str]:
+    """The registered methods whose result depends on neither K nor the seed (`uses_fewshot_sample
+    = False`): the grid runs one cell of each per (protocol, backbone, dataset)."""
+    return sorted(name for name, cls in load_all().items() if not cls.uses_fewshot_sample)
 
 
 def resolve_hparams(cls: type[Method], dataset: str, shots: int, preset: str,

@@ -7,6 +7,11 @@ A method is a `Method` subclass in one file. It declares
   `HP(default, ...)` that also states a range or choices; `presets` ("clean", "official"): overrides;
   `defaults_for(dataset, shots, preset, protocol)`: per-cell rules (epochs per shot count...);
   `check_hparams(hp)`: rules across several keys; `resources`: one cell's memory and run time;
+- `uses_fewshot_sample`: True (the default) when the result depends on the cell's few-shot sample
+  (K and the seed); False when it reads no few-shot data, so it depends on neither: the grid then
+  runs one cell per (protocol, backbone, dataset), the canonical one (the protocol's first K, the
+  config's first seed), its metrics.json says `"shared_across": ["shots", "seed"]`, and
+  `fewclip collect` places that one result at every K and seed of the other methods' cells;
 and answers the engine:
 - before the task is built: `data_needs()` (a `DataNeeds`: optional inputs, how to batch);
 - its math: `setup(task)`, `param_groups()`, `loss(batch, epoch)`, `epoch_end(task, epoch)`,
@@ -146,6 +151,9 @@ class Method(nn.Module):
     # for ImageNet-sized ones): {"mem_mb": MB, "runtime": minutes}; keys left out take the defaults
     # of the method's side (`RESOURCE_DEFAULTS`).
     resources: ClassVar[dict[str, int]] = {}
+    # False: the result depends on neither K nor the seed (the method reads no few-shot data); the
+    # grid runs one cell per (protocol, backbone, dataset) and the report uses it at every K and seed.
+    uses_fewshot_sample: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
