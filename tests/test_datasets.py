@@ -10,6 +10,7 @@ from fewclip.data.datasets import BENCHMARK_DATASETS, DATASETS, base_new_split, 
 from fewclip.data.fixtures import write_all_fixtures, write_fixture
 from fewclip.data.images import load_image
 from fewclip.errors import ConfigError, DataError
+from fewclip.methods._tip import TIP_CONFIG
 
 N_CLASSES, N_TRAIN, N_VAL, N_TEST = 4, 3, 2, 3
 
@@ -62,10 +63,10 @@ def test_registry():
         get_spec("pets")
     for name in BENCHMARK_DATASETS:
         spec = DATASETS[name]
-        assert (spec.tip_init_alpha is None) == (name in TARGETS)
+        assert (name in TIP_CONFIG) != (name in TARGETS)  # Tip-Adapter's per-dataset values: sources only
         assert spec.source
-    assert get_spec("imagenet").tip_search_scale == (7, 3)
-    assert get_spec("oxford_flowers").tip_init_alpha == 10
+    assert TIP_CONFIG["imagenet"][1] == (7, 3)
+    assert TIP_CONFIG["oxford_flowers"][0] == 10
 
 
 @pytest.mark.parametrize("name", list(BENCHMARK_DATASETS))

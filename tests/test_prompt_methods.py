@@ -211,8 +211,11 @@ def test_hyper_parameters_follow_spec():
     coop = get_method("coop")
     assert [resolve_hparams(coop, "dtd", k, "clean")["epochs"] for k in (1, 2, 4, 8, 16)] == [50, 100, 100, 200, 200]
     assert resolve_hparams(coop, "imagenet", 16, "clean")["epochs"] == 50
-    hp = resolve_hparams(get_method("cocoop"), "dtd", 16, "clean")
+    # CoCoOp's protocols: vit_b16_c4_ep10_batch1_ctxv1; few-shot: DPT's cocoop.yaml (16 random contexts)
+    hp = resolve_hparams(get_method("cocoop"), "dtd", 16, "clean", None, "base2new")
     assert (hp["n_ctx"], hp["ctx_init"], hp["epochs"], hp["batch_size"], hp["lr"]) == (4, "a photo of a", 10, 1, 0.002)
+    hp = resolve_hparams(get_method("cocoop"), "dtd", 16, "clean")
+    assert (hp["n_ctx"], hp["ctx_init"], hp["epochs"], hp["batch_size"], hp["lr"]) == (16, "", 10, 1, 0.002)
     vpt = resolve_hparams(get_method("vpt"), "dtd", 1, "clean")
     assert (vpt["n_prompts"], vpt["lr"], vpt["warmup_epochs"]) == (10, 0.01, 10)
     assert resolve_hparams(get_method("vpt"), "imagenet", 1, "clean")["warmup_epochs"] == 10  # VPT.py: no ImageNet exception

@@ -1,5 +1,6 @@
 # Results → papers: collect every run into one table, then tables, figures and statistics.
 # `snakemake --report reports/report.html` shows the figures and tables with the captions below.
+import shlex
 
 
 localrules:
