@@ -214,7 +214,8 @@ def test_a_dg_target_without_data_is_refused_before_training(tmp_path, fixture_r
 def test_a_bad_later_cell_stops_the_whole_batch_before_the_first_cell(tmp_path, fixture_root, cli):
     cli("split", "--data-root", fixture_root, "--dataset", "dtd", "--shots", 1, "--seed", 1,
             "--out", tmp_path / "m1.json", check=True)  # the 2-shot manifest is missing
-    proc = cli("run", *common(tmp_path, fixture_root), "--dataset", "dtd", "--method", "zeroshot",
+    # a method that uses the few-shot sample (zero-shot runs one cell for every K and seed)
+    proc = cli("run", *common(tmp_path, fixture_root), "--dataset", "dtd", "--method", "linear_probe",
                    "--shots", 1, 2, "--seed", 1, "--out", tmp_path / "runs/{shots}", "--manifest",
                    tmp_path / "m{shots}.json")
     refused(proc, "m2.json")
