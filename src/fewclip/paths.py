@@ -5,6 +5,10 @@ Templates use Snakemake's `{wildcard}` syntax; `format_path` fills them in Pytho
 
 from __future__ import annotations
 
+import re
+
+from .errors import ConfigError
+
 RESULTS = "results"
 FEATURES = f"{RESULTS}/features"  # the feature-store root
 RUNS = f"{RESULTS}/runs"  # the run directories
@@ -31,3 +35,31 @@ def run_dir(protocol, backbone, dataset, method, shots, seed, results: str = RES
 def store_dir(features_root: str | None, backbone_key: str, dataset: str) -> str:
     """A (backbone, dataset) feature store under `features_root` (default `results/features`)."""
     return f"{features_root or FEATURES}/{backbone_key}/{dataset}"
+
+
+# A name that becomes a folder (a backbone key, a dataset, a method, a target): letters, digits, '_',
+# '.' and '-', beginning with a letter or digit, so never '..', a path separator or a hidden dot-folder
+# (which `fewclip collect` skips). The config schema's `backbones` propertyNames pattern is this one.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+_NAME = re.compile(NAME_PATTERN)
+
+
+def check_name(kind: str, value, where: str = "") -> str:
+    """`value` when it may be one folder of a path; else a ConfigError naming `where` (a config key,
+    a flag) and the fix."""
+    if isinstance(value, str) and _NAME.fullmatch(value):
+        return value
+    if not isinstance(value, str):
+        why = f"is not a string but a {type(value).__name__} (write it in quotes)"
+    elif not value:
+        why = "is empty"
+    elif "/" in value or "\\" in value:
+        why = "contains a path separator (outputs would land outside their folder)"
+    elif value.startswith("."):
+        why = ("starts with a dot ('..' leaves the results folder; a hidden folder is skipped by "
+               "`fewclip collect`)")
+    else:
+        why = "contains characters other than letters, digits, '_', '.' and '-'"
+    at = f"{where}: " if where else ""
+    raise ConfigError(f"{at}{kind} {value!r} {why}; it names a folder of every output path, so use letters, "
+                      "digits, '_', '.' and '-', beginning with a letter or digit")

@@ -2,12 +2,13 @@
 
 The Snakefile and `fewclip plan` read a config the same way (`read_config`: the `--configfile`
 files, or the embedded demo's `config/config.yaml` when none is given, then `--config`
-overrides), validate it (`check_config`: the JSON schema, backbone model names, method names,
-`method_params` keys and values) and expand it (`plan`). Each planned cell carries the dict
-that `resolve_hparams` returns for it, the same dict `fewclip run` records under `hparams` in
-metrics.json (a method whose result depends on neither K nor the seed, `uses_fewshot_sample =
-False`, is planned once per protocol, backbone and dataset); the workflow passes its digest to
-every job (`--expect-hparams`), and a run that would resolve anything else stops before it starts.
+overrides), validate it (`check_config`: backbone keys as folder names, no brace in a data path,
+the JSON schema, backbone model names, method names, `method_params` keys and values) and expand
+it (`plan`). Each planned cell carries the dict that `resolve_hparams` returns for it, the same
+dict `fewclip run` records under `hparams` in metrics.json (a method whose result depends on
+neither K nor the seed, `uses_fewshot_sample = False`, is planned once per protocol, backbone and
+dataset); the workflow passes its digest to every job (`--expect-hparams`), and a run that would
+resolve anything else stops before it starts.
 
 Needs the method registry (torch), never open_clip, a model or data.
 """
@@ -25,6 +26,7 @@ import yaml
 
 from .errors import ConfigError
 from .grid import Cell, expand_grid, sample_free_methods
+from .paths import check_name
 
 DEMO_CONFIG = "config/config.yaml"  # the embedded demo: used only when no --configfile is given
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
@@ -163,6 +165,7 @@ def known_models() -> set[str]:
 
 def check_config(config: dict) -> dict:
     """Everything a run would trip on, before any job: schema, backbones, methods, method_params."""
+    check_paths(config)
     config = validate_schema(config)
     models = known_models()
     for key, bb in config["backbones"].items():
@@ -189,6 +192,23 @@ def check_config(config: dict) -> dict:
                               f"{', '.join(sorted(registered))}")
     _check_dg_targets(config["protocols"].get("dg"))
     return config
+
+
+def check_paths(config: dict) -> None:
+    """The values that become paths, before the schema (whose pattern would only say "does not
+    match"): every backbone key is one folder name (`paths.check_name`, the rule `fewclip run
+    --backbone-key` follows), and no path that Snakemake parses holds a brace."""
+    backbones = config.get("backbones")
+    if isinstance(backbones, dict):
+        for key in backbones:
+            check_name("backbone key", key, "config key backbones")
+    for key in ("data_root", "download_sources"):
+        value = config.get(key)
+        if isinstance(value, str) and ("{" in value or "}" in value):
+            raise ConfigError(
+                f"config key {key}: {value!r} contains '{{' or '}}', which Snakemake reads as a wildcard in "
+                f"every path made from it; rename the folder (or link it under a name without braces) and set "
+                f"{key} to that")
 
 
 def _check_dg_targets(dg: dict | None) -> None:

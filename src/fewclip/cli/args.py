@@ -6,6 +6,8 @@ import argparse
 import re
 
 from ..constants import DEVICE_NAMES, MAX_SEED
+from ..errors import ConfigError
+from ..paths import check_name
 
 DEVICE_NAME = re.compile(r"^(" + "|".join(map(re.escape, DEVICE_NAMES)) + r"|cuda:\d+)$")
 
@@ -48,9 +50,23 @@ def device_type(text: str) -> str:
     return text
 
 
+def name_type(kind: str):
+    """An argparse type: a name that becomes one folder of a path (`paths.check_name`)."""
+
+    def parse(text: str) -> str:
+        try:
+            return check_name(kind, text)
+        except ConfigError as err:  # argparse puts the flag in front
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
+
+
 def backbone_args(p) -> None:
     """The backbone flags of `encode` and `run`."""
     p.add_argument("--backbone", required=True, help="open_clip model name, e.g. RN50, ViT-B-16, fewclip-tiny-vit")
-    p.add_argument("--backbone-key", help="name used in paths (default: the model name)")
+    p.add_argument("--backbone-key", type=name_type("backbone key"),
+                   help="name used in paths (default: the model name): letters, digits, '_', '.', '-', "
+                        "beginning with a letter or digit")
     p.add_argument("--pretrained", default="openai", help="open_clip tag, a checkpoint file, or none")
     p.add_argument("--device", default="auto", type=device_type, help="cpu, cuda, cuda:N or auto")

@@ -7,6 +7,7 @@ import sys
 
 from ..constants import PRESETS, PROTOCOLS
 from ..errors import ConfigError
+from ..paths import check_name
 from .args import backbone_args, count_type, seed_type, shots_type
 
 
@@ -94,6 +95,11 @@ def cmd_run(args) -> int:
 
     if len(set(args.method)) < len(args.method):
         raise ConfigError(f"--method {' '.join(args.method)} names a method twice")
+    for m in args.method:  # a method names a folder of the run paths (--out {method}, the workflow)
+        check_name("method", m, "--method")
+    if args.backbone_key is None:  # then the model name names the feature store's folder
+        check_name("backbone key", args.backbone, "--backbone (no --backbone-key given: the model name is the key; "
+                   "pass --backbone-key NAME)")
     sample_free = {m for m in args.method if not get_method(m).uses_fewshot_sample}
     cells = method_cells(args.method, args.shots, args.seed, sample_free)
     if sample_free and len(args.shots) * len(args.seed) > 1:

@@ -17,6 +17,11 @@ where each archive member goes under the dataset folder. For each dataset:
 
 ImageNet is licensed: it is never downloaded; `fewclip download imagenet` says what to fetch by
 hand and where to put it, then verifies it.
+
+Every path from the table (a file's `name`, `place.file`, `place.extract` members and targets,
+`reuse`) and every archive member is untrusted: `path_problem` refuses an absolute path or a '..'
+(the whole table, when it is loaded, before anything is fetched), and what is put in place must
+resolve under the dataset's folder (`_landing`: no symlink on the way out).
 """
 
 from __future__ import annotations
@@ -85,6 +90,8 @@ def load_sources(path=None) -> dict:
         raise ConfigError(f"sources table {path} must be an object with a 'datasets' object "
                           f"(see the packaged {SOURCES})")
     table["_path"] = str(path)
+    for name in table["datasets"]:  # every entry, before anything is fetched, written or moved
+        sources_of(table, name)
     return table
 
 
@@ -92,15 +99,65 @@ def sources_of(table: dict, name: str) -> tuple[dict, list[Source]]:
     entry = table["datasets"].get(name)
     if entry is None:
         raise ConfigError(f"no sources for {name!r} in {table['_path']}")
+    if not isinstance(entry, dict) or not isinstance(entry.get("files", []), list):
+        raise ConfigError(f"{table['_path']}: {name} must be an object with a list 'files'")
     files = []
     for i, f in enumerate(entry.get("files", [])):
-        place = f.get("place") or {}
-        if not f.get("name") or not isinstance(f.get("urls"), list) or not (("extract" in place) ^ ("file" in place)):
+        place = (f.get("place") if isinstance(f, dict) else None) or {}
+        if not isinstance(f, dict) or not f.get("name") or not isinstance(f.get("urls"), list) \
+                or not isinstance(place, dict) or not (("extract" in place) ^ ("file" in place)) \
+                or not isinstance(place.get("extract", {}), dict):
             raise ConfigError(f"{table['_path']}: {name} files[{i}] needs 'name', a list 'urls' and "
-                              "'place' with exactly one of 'extract' or 'file'")
+                              "'place' with exactly one of 'extract' (archive member -> path) or 'file'")
+        _check_table_paths(f, place, f"sources table {table['_path']}: {name} files[{i}]")
         files.append(Source(f["name"], tuple(f["urls"]), f.get("md5"), f.get("sha256"), f.get("size"),
                             place.get("extract"), place.get("file"), f.get("reuse"), f.get("note", "")))
     return entry, files
+
+
+def path_problem(value, *, one_name: bool = False) -> str | None:
+    """Why `value`, a relative path from an untrusted source (the sources table, an archive member),
+    could land outside the folder it is joined to; None when it cannot. `one_name`: a file name."""
+    if not isinstance(value, str):
+        return f"is a {type(value).__name__}, not a string"
+    if "\0" in value:
+        return "contains a NUL byte"
+    if value.startswith(("/", "\\")):
+        return "is an absolute path"
+    parts = value.replace("\\", "/").split("/")
+    if ".." in parts:
+        return "contains '..'"
+    if one_name and (len(parts) > 1 or value in ("", ".")):
+        return "is not a plain file name"
+    return None
+
+
+def _check_table_paths(f: dict, place: dict, where: str) -> None:
+    """Refuse the table when one of its paths could write, move or delete outside its folder."""
+    fields = [("name", f["name"], True, "<data-root>/.downloads/<dataset>/, as a plain file name")]
+    if "file" in place:
+        fields.append(("place.file", place["file"], False, "the dataset's folder"))
+        if place["file"] in ("", "."):
+            raise ConfigError(f"{where} place.file is empty; name the file under the dataset's folder")
+    for member, to in (place.get("extract") or {}).items():
+        fields += [("place.extract member", member, False, "the extracted archive"),
+                   (f"place.extract target of {member!r}", to, False, "the dataset's folder ('' = the folder itself)")]
+    if f.get("reuse") is not None:
+        fields.append(("reuse", f["reuse"], False, "the data root"))
+    for field, value, one_name, under in fields:
+        problem = path_problem(value, one_name=one_name)
+        if problem:
+            raise ConfigError(f"{where} {field} {value!r} {problem}; a path from the sources table must stay "
+                              f"under {under}: fix the table (a relative path without '..'); nothing was fetched")
+
+
+def _landing(base: Path, rel: str, what: str) -> Path:
+    """`base / rel`, refused unless it resolves (symlinks followed) under `base`."""
+    path = base / rel
+    if not path.resolve().is_relative_to(base.resolve()):
+        raise DataError(f"{what} {rel!r} resolves to {path.resolve()}, outside {base} (a symlink on the way "
+                        "points out); refused, nothing was put in place: check the sources table and the archive")
+    return path
 
 
 # ----------------------------------------------------------------------------- one dataset
@@ -177,7 +234,7 @@ def _stage_and_publish(spec, root: Path, files: list[Source], fetched, force: bo
             if src.extract is not None:
                 _extract_into(spec, src, path, url, staging, target, log)
             else:
-                dest = target / src.file
+                dest = _landing(target, src.file, f"{spec.title}: place.file")
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, dest)
         report = check_dataset(spec.name, staging)
@@ -224,7 +281,7 @@ def _extract_into(spec, src: Source, archive: Path, url: str, staging: Path, tar
             for child in found.iterdir():
                 _move(child, target / child.name)
         else:
-            _move(found, target / dest)
+            _move(found, _landing(target, dest, f"{spec.title}: the target of archive member {member!r}"))
     shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -238,16 +295,30 @@ def _move(src: Path, dest: Path) -> None:
 def extract_archive(archive: Path, dest: Path) -> None:
     """Unpack a zip or (compressed) tar into `dest`.
 
-    tarfile's 'data' filter refuses members that would land outside `dest` (absolute paths,
-    '..', links pointing out); torchvision's extract_archive calls extractall without it.
-    zipfile already strips such paths.
+    A member that is absolute or holds '..' is refused (`path_problem`, as the sources table's own
+    paths); tarfile's 'data' filter also refuses links pointing out of `dest` and special files
+    (torchvision's extract_archive calls extractall without it).
     """
+    def refuse(member: str, problem: str):
+        return DataError(f"archive {archive}: member {member!r} {problem}: it would land outside the folder "
+                         "it is extracted into; refused, nothing was put in place (the archive is not the one "
+                         "the sources table describes: check where it comes from)")
+
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
+            for member in zf.namelist():
+                if problem := path_problem(member):
+                    raise refuse(member, problem)
             zf.extractall(dest)
         return
+
+    def checked(member: tarfile.TarInfo, path: str):
+        if problem := path_problem(member.name):
+            raise refuse(member.name, problem)
+        return tarfile.data_filter(member, path)
+
     with tarfile.open(archive, "r:*") as tf:
-        tf.extractall(dest, filter="data")
+        tf.extractall(dest, filter=checked)
 
 
 def _write_marker(root: Path, name: str, report: dict, fetched, table: dict) -> None:
@@ -275,7 +346,7 @@ def _prepare_manual(spec, entry: dict, files: list[Source], root: Path, table, m
     notes = []
     fetched = []
     for src in files:  # small unlicensed helpers (CoOp's classnames.txt)
-        dest = folder / src.file if src.file else None
+        dest = _landing(folder, src.file, f"{spec.title}: place.file") if src.file else None
         if dest is not None and dest.is_file():
             continue
         try:
