@@ -14,9 +14,33 @@ import os
 
 
 class FewclipError(Exception):
-    """An error the user can cause and fix (bad data, bad config, missing weights)."""
+    """An error the user can cause and fix (bad data, bad config, missing weights).
+
+    Raised in a DataLoader worker, it comes back with the same one-line message: torch re-raises
+    a worker's exception as `type(err)(text)`, `text` holding the worker's traceback, and the
+    class keeps only the original message."""
 
     exit_code = 2
+
+    def __init__(self, *args):
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (_worker_message(type(self), args[0]),)
+        super().__init__(*args)
+
+
+def _worker_message(cls: type, text: str) -> str:
+    """The original message of an exception of class `cls` that torch re-raised from a DataLoader
+    worker ('Caught DataError in DataLoader worker process 0.\nOriginal Traceback ...'); any other
+    `text` unchanged."""
+    first, _, rest = text.partition("\n")
+    if not (first.startswith(f"Caught {cls.__name__} ") and "DataLoader worker" in first):
+        return text
+    last = rest.rsplit("Traceback (most recent call last):\n", 1)[-1].split("\n")
+    head = f"{cls.__module__}.{cls.__qualname__}: "
+    for i, line in enumerate(last):
+        if line.startswith(head):  # the frames above it are indented
+            return "\n".join([line[len(head):], *last[i + 1:]]).rstrip("\n")
+    return text
 
 
 class DataError(FewclipError):

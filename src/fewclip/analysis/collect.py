@@ -63,6 +63,33 @@ class BadMetrics(FewclipError):
     """A metrics.json in a run directory's place that is not a readable result."""
 
 
+class MisplacedMetrics(BadMetrics):
+    """A metrics.json that records another cell (or evaluation) than the folder it lies in."""
+
+
+def _check_place(path: Path, metrics: dict, place: dict, target: str | None) -> None:
+    """A result is counted where it lies only: every cell field `metrics` records must be its
+    folder's, and so must the evaluation (`eval_dataset`: the cell's dataset in the cell's folder,
+    the target's in `eval_{target}`, the cell's in base-to-new's `eval_new`). Fields a
+    metrics.json leaves out are not compared."""
+    want = dict(place)
+    if target is None or target == "new":
+        want["eval_dataset"] = place["dataset"]
+    else:
+        want["eval_dataset"] = target
+    if target == "new":
+        want["eval_split"] = "new"
+    recorded = {k: metrics[k] for k in want if k in metrics}
+    if all(str(v) == str(want[k]) for k, v in recorded.items()):
+        return
+    where = "folder" if target is None else f"folder (evaluation {target})"
+
+    def text(d):
+        return ", ".join(f"{k}={d[k]}" for k in want if k in d)
+
+    raise MisplacedMetrics(f"{path} records {text(recorded)}, but its {where} is {text(want)}")
+
+
 def _row(path: Path, runs: Path) -> dict:
     try:
         metrics = json.loads(path.read_text())
@@ -88,6 +115,7 @@ def _row(path: Path, runs: Path) -> dict:
         "shots": int(shots.removesuffix("shot")),
         "seed": int(seed.removeprefix("seed")),
     }
+    _check_place(path, metrics, row, rel.name.removeprefix("eval_") if is_eval else None)
     for key, value in metrics.items():
         if key in NESTED and isinstance(value, dict):
             for sub, subval in value.items():
@@ -109,12 +137,22 @@ def collect_runs(runs: str | os.PathLike, config: dict | None = None) -> pd.Data
     runs = Path(runs)
     if not runs.is_dir():
         raise FewclipError(f"runs directory not found: {runs}; pass --runs the folder that holds <protocol>/ run trees")
-    rows, bad = [], []
+    rows, bad, misplaced = [], [], []
     for p in find_metrics(runs):
         try:
             rows.append(_row(p, runs))
+        except MisplacedMetrics as err:
+            misplaced.append(str(err))
         except BadMetrics as err:
             bad.append(str(err))
+    if misplaced and not bad:
+        raise FewclipError(
+            f"{len(misplaced)} metrics.json file(s) under {runs} record another run than the folder they lie in "
+            "(copied or moved), so no table was written (the previous one is kept): " + "; ".join(misplaced[:10])
+            + (f"; … and {len(misplaced) - 10} more" if len(misplaced) > 10 else "")
+            + ". A result counts only in its own run directory: move each back to the folder of the run it "
+            "records, or delete it and rerun that folder's cell")
+    bad += misplaced
     if bad:
         raise FewclipError(
             f"{len(bad)} metrics.json file(s) under {runs} are not readable results, so no table was written "

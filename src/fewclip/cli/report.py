@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import FewclipError
+from ..errors import ConfigError, FewclipError
 from ..io import atomic_path, write_text
 from .args import resamples_type
 
@@ -46,7 +46,30 @@ def _load_config(path: str | None) -> dict | None:
         raise FewclipError(f"config {cfg} is not valid YAML: {err}") from err
     if not isinstance(data, dict) or "seeds" not in data:
         raise FewclipError(f"config {cfg} has no `seeds` key: pass the workflow's grid config")
+    _check_grid_keys(data, cfg)
     return data
+
+
+GRID_KEYS = ("seeds", "protocols")  # what `fewclip collect` and `fewclip report` read of a config (fewclip.grid)
+
+
+def _check_grid_keys(data: dict, cfg: Path) -> None:
+    """The keys that shape the grid, checked against the workflow's schema as the workflow checks
+    them (the other keys, which only the workflow reads, may be left out)."""
+    import jsonschema
+    import yaml
+
+    from ..plan import SCHEMA
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    part = {"type": "object", "required": list(GRID_KEYS), "$defs": schema.get("$defs", {}),
+            "properties": {k: schema["properties"][k] for k in GRID_KEYS}}
+    errors = sorted(jsonschema.Draft202012Validator(part).iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise ConfigError(f"config {cfg}: key {where}: {err.message}; write it as the workflow's schema says "
+                          f"(workflow/schemas/{SCHEMA.name}; `fewclip plan --configfile {cfg}` checks a whole config)")
 
 
 def cmd_collect(args: argparse.Namespace) -> int:

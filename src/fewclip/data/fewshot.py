@@ -5,12 +5,17 @@ and on val (min(K, 4) shots) with the same stream: items grouped by label in fil
 labels visited in order of first appearance, `random.sample(group, K)` per label, and a class
 with fewer than K items keeps all of them (no random draw). We use a private
 `random.Random(seed)`, which yields the same stream without touching global state.
+
+An image a split lists twice in one class counts once (Dassl would sample it twice): the
+sample never holds the same image twice, a warning names the repeats, and the manifest records
+them (`duplicate_images`, only when there are any, so other manifests stay as they were).
 """
 
 from __future__ import annotations
 
 import random
 import warnings
+from collections import Counter
 from pathlib import Path
 
 from ..constants import PRESETS
@@ -19,6 +24,7 @@ from ..io import read_json, sha256_json, write_json
 from .datasets import DATASETS, Dataset, Item, base_new_labels
 
 MANIFEST_KEYS = ("dataset", "shots", "seed", "preset", "val_is_test", "train", "val", "short_classes", "sha256")
+DUPLICATES = "duplicate_images"  # optional manifest key: {split: {label: [paths listed more than once]}}
 
 
 def _group_by_label(items: list[Item]) -> dict[int, list[Item]]:
@@ -28,13 +34,19 @@ def _group_by_label(items: list[Item]) -> dict[int, list[Item]]:
     return groups  # dicts keep insertion order = order of first appearance
 
 
-def _sample(rng: random.Random, items: list[Item], k: int, what: str) -> tuple[list[Item], dict[int, int]]:
-    """Dassl's generate_fewshot_dataset(items, num_shots=k, repeat=False) on the stream `rng`."""
+def _sample(rng: random.Random, items: list[Item], k: int,
+            what: str) -> tuple[list[Item], dict[int, int], dict[int, list[str]]]:
+    """Dassl's generate_fewshot_dataset(items, num_shots=k, repeat=False) on the stream `rng`, each
+    image of a class counted once; returns (sample, {label: n available}, {label: repeated paths})."""
     if k < 1:
         raise ConfigError(f"number of shots must be >= 1, got {k}")
     out: list[Item] = []
     short: dict[int, int] = {}
-    for label, group in _group_by_label(items).items():
+    repeated: dict[int, list[str]] = {}
+    for label, listed in _group_by_label(items).items():
+        group = list(dict.fromkeys(listed))  # first listing of each image, in file order
+        if len(group) < len(listed):
+            repeated[label] = [path for path, n in Counter(it.path for it in listed).items() if n > 1]
         if len(group) >= k:
             out.extend(rng.sample(group, k))
         else:
@@ -46,12 +58,22 @@ def _sample(rng: random.Random, items: list[Item], k: int, what: str) -> tuple[l
             f"(label: available = {short})",
             stacklevel=3,
         )
-    return out, short
+    if repeated:
+        n = sum(len(paths) for paths in repeated.values())
+        first = next(iter(repeated.values()))[0]
+        warnings.warn(
+            f"{what}: the split lists {n} image(s) more than once in the same class ({len(repeated)} class(es); "
+            f"first: {first}); each counts once, and the manifest records them under '{DUPLICATES}'. Remove "
+            "the repeated entries from the split file",
+            stacklevel=3,
+        )
+    return out, short, repeated
 
 
 def sample_fewshot(items: list[Item], k: int, seed: int) -> tuple[list[Item], dict]:
     """K items per label from a fresh `random.Random(seed)`; returns (items, {label: n_available})."""
-    return _sample(random.Random(seed), items, k, f"{k}-shot sample")
+    sample, short, _ = _sample(random.Random(seed), items, k, f"{k}-shot sample")
+    return sample, short
 
 
 def make_manifest(ds: Dataset, k: int, seed: int, preset: str = "clean") -> dict:
@@ -66,7 +88,7 @@ def make_manifest(ds: Dataset, k: int, seed: int, preset: str = "clean") -> dict
     if not ds.train:
         raise DataError(f"{ds.name} has no train split; few-shot training uses one of the 11 source datasets")
     rng = random.Random(seed)
-    train, short = _sample(rng, ds.train, k, f"{ds.name} train {k}-shot seed {seed}")
+    train, short, repeated = _sample(rng, ds.train, k, f"{ds.name} train {k}-shot seed {seed}")
     spec = DATASETS.get(ds.name)
     val_pool, val_is_test = ds.val, False
     if spec is not None and spec.kind == "imagenet":
@@ -75,7 +97,7 @@ def make_manifest(ds: Dataset, k: int, seed: int, preset: str = "clean") -> dict
             val_pool = [it for it in ds.train if it not in chosen]
         else:
             val_is_test = True
-    val, _ = _sample(rng, val_pool, min(k, 4), f"{ds.name} val {min(k, 4)}-shot seed {seed}")
+    val, _, val_repeated = _sample(rng, val_pool, min(k, 4), f"{ds.name} val {min(k, 4)}-shot seed {seed}")
     manifest = {
         "dataset": ds.name,
         "shots": k,
@@ -86,6 +108,10 @@ def make_manifest(ds: Dataset, k: int, seed: int, preset: str = "clean") -> dict
         "val": [[it.path, it.label] for it in val],
         "short_classes": {str(label): n for label, n in short.items()},  # JSON keys are strings
     }
+    duplicates = {split: {str(label): paths for label, paths in found.items()}
+                  for split, found in (("train", repeated), ("val", val_repeated)) if found}
+    if duplicates:
+        manifest[DUPLICATES] = duplicates
     manifest["sha256"] = sha256_json(manifest)
     return manifest
 
@@ -99,6 +125,9 @@ def base_new_manifest(manifest: dict, n_classes: int, part: str) -> dict:
         out[split] = [[p, relabel[lab]] for p, lab in manifest[split] if lab in relabel]
     out["short_classes"] = {str(relabel[int(lab)]): n for lab, n in manifest["short_classes"].items()
                             if int(lab) in relabel}
+    if DUPLICATES in manifest:
+        out[DUPLICATES] = {split: {str(relabel[int(lab)]): paths for lab, paths in found.items() if int(lab) in relabel}
+                           for split, found in manifest[DUPLICATES].items()}
     out["sha256"] = sha256_json(out)
     return out
 
@@ -136,6 +165,8 @@ def _validate(manifest, path: Path) -> None:
             raise bad(f"'{split}' must be a list of [path, label]")
     if not isinstance(manifest["short_classes"], dict):
         raise bad("'short_classes' must be an object {label: n_available}")
+    if not isinstance(manifest.get(DUPLICATES, {}), dict):
+        raise bad(f"'{DUPLICATES}' must be an object {{split: {{label: [paths]}}}}")
     body = {key: value for key, value in manifest.items() if key != "sha256"}
     if sha256_json(body) != manifest["sha256"]:
         raise bad("sha256 does not match its content (edited or truncated)")

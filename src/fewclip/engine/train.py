@@ -29,6 +29,7 @@ plan` prints), and `train.precision` in metrics.json records it.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -168,8 +169,9 @@ def train(method, batches: Callable[[int], Iterable], cfg: TrainConfig, device: 
 
     start, steps, last_loss = 0, 0, float("nan")
     good_epoch = None  # the last epoch whose (finite) state is in `checkpoint`
-    if checkpoint is not None and Path(checkpoint).is_file():
-        start, steps, last_loss = _resume(checkpoint, method, opt, scaler, cfg, device)
+    resumed = _resume(checkpoint, method, opt, scaler, cfg, device) if checkpoint is not None else None
+    if resumed is not None:
+        start, steps, last_loss = resumed
         good_epoch = start
     resumed_from = start
 
@@ -238,12 +240,24 @@ def _epoch(method, batches, opt, scaler, precision: Precision, cfg: TrainConfig,
     return steps, total / max(n, 1)
 
 
-def _resume(checkpoint: Path, method, opt, scaler, cfg: TrainConfig, device: torch.device) -> tuple[int, int, float]:
-    """Load a training checkpoint of this very run; returns (next epoch, steps, loss)."""
+def _resume(checkpoint: Path, method, opt, scaler, cfg: TrainConfig,
+            device: torch.device) -> tuple[int, int, float] | None:
+    """Load a training checkpoint of this very run, if there is one; returns (next epoch, steps,
+    loss), or None: no checkpoint, or one of an earlier run of this same cell under other
+    hyper-parameters (a run that failed or was stopped, rerun with a fix such as --set lr=...),
+    which is deleted with a message: nothing of it can be resumed, and it must not block the
+    corrected run. A checkpoint of another cell is refused."""
+    if not Path(checkpoint).is_file():
+        return None
     state = torch_load(checkpoint, "training checkpoint", "delete it to start this run from scratch")
     if not isinstance(state, dict) or not {"method", "optimizer", "epoch"} <= set(state):
         raise FewclipError(f"training checkpoint {checkpoint} is not one fewclip wrote (keys missing); "
                            "delete it to start this run from scratch")
+    if _other_hparams(state.get("identity"), cfg.identity):
+        print(f"fewclip: discarding {checkpoint}: the training state of an earlier run of this cell under other "
+              "hyper-parameters (it failed or was stopped); training starts from epoch 1", file=sys.stderr)
+        Path(checkpoint).unlink()
+        return None
     if not _finite(state["method"]):
         raise FewclipError(f"training checkpoint {checkpoint} holds non-finite (NaN/inf) weights; "
                            "delete it to start this run from scratch")
@@ -259,6 +273,13 @@ def _resume(checkpoint: Path, method, opt, scaler, cfg: TrainConfig, device: tor
     if device.type == "cuda" and "cuda_rng" in state:
         torch.cuda.set_rng_state(state["cuda_rng"])
     return state["epoch"] + 1, state["steps"], state["loss"]
+
+
+def _other_hparams(theirs, mine: dict) -> bool:
+    """Whether a checkpoint's identity is this cell's under other hyper-parameters (`hp`)."""
+    if not isinstance(theirs, dict) or "hp" not in mine or theirs.get("hp") == mine["hp"]:
+        return False
+    return {k: v for k, v in theirs.items() if k != "hp"} == {k: v for k, v in mine.items() if k != "hp"}
 
 
 def _save(checkpoint: Path, method, opt, scaler, cfg: TrainConfig, device: torch.device, epoch: int, steps: int,

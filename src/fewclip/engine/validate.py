@@ -39,9 +39,10 @@ def cached_dataset(name: str, data_root: str) -> Dataset:
 def validate_spec(spec: RunSpec) -> Checked:
     """Refuse a cell that cannot run: bad seed/shots/device, unknown names, bad hyper-parameter
     values, --eval or --cross-dataset without DG, a target named twice or the source as a
-    cross-dataset target, missing or empty data (the source, every DG and cross-dataset target), a
-    manifest that does not fit, hyper-parameters other than the workflow planned, an --out that
-    is a file, not writable, or another cell's run."""
+    cross-dataset target, missing or empty data (the source, every DG and cross-dataset target, the
+    few-shot val split of a method that chooses on it), a manifest that does not fit,
+    hyper-parameters other than the workflow planned, an --out that is a file, not writable, or
+    another cell's run."""
     if spec.protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol '{spec.protocol}'; valid: {', '.join(PROTOCOLS)}")
     if isinstance(spec.seed, bool) or not isinstance(spec.seed, int) or not 0 <= spec.seed <= MAX_SEED:
@@ -80,6 +81,7 @@ def validate_spec(spec: RunSpec) -> Checked:
         _check_manifest_fits(manifest, spec, full)
     else:
         manifest = make_manifest(full, spec.shots, spec.seed, spec.preset)
+    _check_fewshot_val(cls, hp, spec, full, manifest)
     for t in spec.evals:
         target = cached_dataset(t, spec.data_root)
         check_not_empty(target.name, target.test, f"test (DG target of {spec.dataset})")
@@ -114,6 +116,22 @@ def _check_cross_dataset(spec: RunSpec) -> None:
                               "target (--cross-dataset: its own classes); name it once")
         if spec.cross_dataset.count(t) > 1:
             raise ConfigError(f"--cross-dataset names {t} twice")
+
+
+def _check_fewshot_val(cls: type[Method], hp: dict, spec: RunSpec, full: Dataset, manifest: dict) -> None:
+    """A method that chooses something on the few-shot val split (`DataNeeds.fewshot_val`) needs
+    one that is not empty: refused here, before anything is trained or written."""
+    why = cls(hp).data_needs().fewshot_val
+    if not why:
+        return
+    val = manifest["val"]
+    if spec.protocol == "base2new":  # the cell trains and selects on the base classes only
+        n_base = len(base_new_split(full, "base").classnames)
+        val = [row for row in val if row[1] < n_base]
+    if not val:
+        raise ConfigError(
+            f"{cls.name} on {spec.dataset} {spec.shots}-shot seed {spec.seed}: the few-shot val split is empty "
+            f"({full.name} lists {len(full.val)} val images), and {cls.name} needs it: {why}")
 
 
 def check_not_empty(dataset: str, items, split: str) -> None:

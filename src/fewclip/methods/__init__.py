@@ -74,6 +74,13 @@ def _import_plugin(entry: str) -> None:
     except ConfigError:
         raise
     except Exception as err:  # noqa: BLE001 - any failure of the user's code becomes one clear error
+        missing = getattr(err, "name", None) if isinstance(err, ModuleNotFoundError) else None
+        if missing and not entry.endswith(".py") and (entry == missing or entry.startswith(f"{missing}.")):
+            raise ConfigError(
+                f"FEWCLIP_PLUGINS names the module {entry}, which is not installed (no module named {missing!r} "
+                f"in this Python environment); install it here, name the plugin's .py file instead "
+                f"(FEWCLIP_PLUGINS=path/to/{entry.rsplit('.', 1)[-1]}.py), or remove {entry} from FEWCLIP_PLUGINS"
+            ) from err
         import traceback
 
         frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith("<frozen")]

@@ -128,7 +128,10 @@ class DataNeeds:
     `task.classes` (a template set of fewclip.models.templates); `reads_raw` logits take the raw,
     unnormalised features; `batch_size`, and `drop_last` (Dassl's rule: the last incomplete batch
     is dropped when there is a full one) for feature methods (image methods always follow Dassl's
-    loader); `crop_scale` the train transform's RandomResizedCrop scale (image methods)."""
+    loader); `crop_scale` the train transform's RandomResizedCrop scale (image methods).
+    `fewshot_val`: what the method chooses on the manifest's few-shot val split and how a cell can
+    do without it (one phrase, e.g. "it chooses the ratio r there; --set select_ratio=false trains
+    the fixed ratio"); set, a cell whose few-shot val split is empty is refused before any work."""
 
     templates: str = "dataset"
     views: int = 0
@@ -138,6 +141,7 @@ class DataNeeds:
     batch_size: int = 0
     drop_last: bool = False
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    fewshot_val: str = ""
 
 
 class Method(nn.Module):

@@ -90,8 +90,11 @@ class CLIPAdapter(Method):
         return {"epochs": 100 if shots in (2, 4) else 200}
 
     def data_needs(self) -> DataNeeds:
+        selects = len(self.candidates()) > 1
         return DataNeeds(views=int(self.hp["views"]), batch_size=int(self.hp["batch_size"]),
-                         drop_last=bool(self.hp["drop_last"]))
+                         drop_last=bool(self.hp["drop_last"]),
+                         fewshot_val=("select_ratio chooses the ratio r there; --set select_ratio=false trains the "
+                                      "fixed ratio (--set ratio=...) instead") if selects else "")
 
     def candidates(self) -> list[float]:
         return [float(r) for r in self.hp["ratios"]] if self.hp["select_ratio"] else [float(self.hp["ratio"])]

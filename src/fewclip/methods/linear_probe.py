@@ -98,7 +98,8 @@ class LinearProbe(Method):
     presets = {"official": {"fit_on": "raw"}}  # lpclip fits the raw encoder output
 
     def data_needs(self) -> DataNeeds:
-        return DataNeeds(reads_raw=self.hp["fit_on"] == "raw")  # official: raw features at test time too
+        return DataNeeds(reads_raw=self.hp["fit_on"] == "raw",  # official: raw features at test time too
+                         fewshot_val="it chooses the regularisation C there; give the dataset val images")
 
     def _x(self, feats, split: str) -> torch.Tensor:
         if self.hp["fit_on"] == "normalised":
