@@ -15,7 +15,8 @@ RUNS = f"{RESULTS}/runs"  # the run directories
 SPLITS = f"{RESULTS}/splits"  # the few-shot manifests
 
 STORE_DIR = FEATURES + "/{backbone}/{dataset}"
-STORE = STORE_DIR + "/store.json"
+STORE = STORE_DIR + "/store.json"  # test, few-shot and text features (rule encode)
+VIEWS = STORE_DIR + "/views.json"  # the augmented views of the few-shot train images (rule encode_views)
 MANIFEST = SPLITS + "/{dataset}/{preset}/{shots}shot_seed{seed}.json"
 RUN_DIR = RUNS + "/{protocol}/{backbone}/{dataset}/{method}/{shots}shot/seed{seed}"
 DOWNLOAD_MARKER = "{data_root}/.fewclip-download-{dataset}.json"

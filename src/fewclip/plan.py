@@ -39,6 +39,7 @@ class PlannedCell:
     model: str
     preset: str
     hparams: dict
+    views: int = 0  # the stored augmented views the cell reads (its method's data_needs().views)
 
     @property
     def hparams_sha(self) -> str:
@@ -252,6 +253,7 @@ def plan(config: dict) -> list[PlannedCell]:
     params = config.get("method_params", {})
     out = []
     resolved: dict[tuple, dict] = {}
+    views: dict[tuple, int] = {}
     for cell in expand_grid(config, sample_free_methods()):
         key = (cell.method, cell.dataset, cell.shots, cell.protocol)
         if key not in resolved:
@@ -261,8 +263,14 @@ def plan(config: dict) -> list[PlannedCell]:
                                                 params.get(cell.method, {}), cell.protocol)
             except ConfigError as err:
                 raise ConfigError(f"config key method_params.{cell.method}: {err}") from err
+            views[key] = int(cls(resolved[key]).data_needs().views)
+            if views[key] > config["views"]:
+                raise ConfigError(
+                    f"config key views: the feature store holds {config['views']} augmented views per image, "
+                    f"{cell.method} reads {views[key]} (its hyper-parameter views); raise `views` to "
+                    f"{views[key]} or set method_params.{cell.method}.views")
         bb = config["backbones"][cell.backbone]
-        out.append(PlannedCell(cell, bb["pretrained"], bb["model"], config["preset"], resolved[key]))
+        out.append(PlannedCell(cell, bb["pretrained"], bb["model"], config["preset"], resolved[key], views[key]))
     for m, overrides in params.items():  # settings of a method outside the grid are still checked
         if not any(p.cell.method == m for p in out):
             try:

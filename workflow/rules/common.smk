@@ -1,25 +1,35 @@
-import hashlib
 import json
 import shlex
+from pathlib import Path
 
 from snakemake.utils import validate
 
 from fewclip import paths
 from fewclip.constants import PRESETS, PROTOCOLS
 from fewclip.grid import cell_resources, image_methods, method_cells, sample_free_methods
-from fewclip.plan import check_config, check_retired_keys, plan
+from fewclip.engine.features import weights_identity
+from fewclip.errors import ConfigError, FewclipError
+from fewclip.models.backbone import is_local_file
+from fewclip.plan import check_config, check_paths, check_retired_keys, plan
 
 
 check_retired_keys(config)  # a key fewclip no longer reads: say what replaced it (the schema would not)
+check_paths(config)  # names that become folders, braces in paths: how to fix (the schema would only say "does not match")
 validate(config, "../schemas/config.schema.yaml")
 # Backbone model names, method names and every method_params key and value are checked here,
 # before any job; each cell's hyper-parameters are resolved once (fewclip.plan, the same code as
 # `fewclip plan`) and every job is handed their digest: `fewclip run` refuses to run anything else.
+#
+# What re-runs after a change (README, "What happens when…"): a job's params hold only what its
+# outputs depend on, its inputs only the files it reads. A cell: its own resolved hyper-parameters
+# (their digest), backbone model and weights identity, preset, protocol and targets, data root; its
+# manifest, the store (store.json) and, if its method reads them, the augmented views (views.json);
+# an image-encoder cell also the weights file. The store: data root, weights identity (a local
+# checkpoint's sha256, and the file as an input), templates, its manifests; the views: their count.
 PLAN = plan(check_config(config))
 CELLS = [p.cell for p in PLAN]
-HPARAMS_SHA = {(c.protocol, c.backbone, c.dataset, c.method, c.shots, c.seed): p.hparams_sha
-               for p, c in zip(PLAN, CELLS)}
-CONFIG_HASH = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+PLANNED = {(c.protocol, c.backbone, c.dataset, c.method, c.shots, c.seed): p for p, c in zip(PLAN, CELLS)}
+HPARAMS_SHA = {key: p.hparams_sha for key, p in PLANNED.items()}
 IMAGE_METHODS = image_methods()  # from the registry: the methods whose class declares needs = "images"
 # ... and those whose class declares uses_fewshot_sample = False: one cell per (protocol, backbone,
 # dataset), at the protocol's first K and first seed (the planner's CELLS hold only that one).
@@ -78,8 +88,41 @@ def workflow_weights(key):
     return [pretrained] if pretrained.startswith("results/") else []
 
 
+def weights_file(key):
+    """The backbone's local checkpoint, as an input of the jobs that read it (the store's encode
+    jobs and the image-encoder cells): overwritten in place, it is newer than their outputs and
+    they re-run. An open_clip tag or a random init is no file."""
+    pretrained = backbone_cfg(key)["pretrained"]
+    if pretrained in ("none", "") or not is_local_file(pretrained):
+        return []
+    return [str(Path(pretrained).expanduser())]
+
+
+WEIGHTS_IDS = {}
+
+
+def weights_id(key):
+    """The weights' identity in a job's params: a user's local checkpoint by its sha256 (another
+    file, or new content under the same path, changes it), a checkpoint the workflow writes
+    itself by its path (its rule's own inputs decide when it changes), a tag by model and tag."""
+    if key not in WEIGHTS_IDS:
+        bb = backbone_cfg(key)
+        if workflow_weights(key):
+            WEIGHTS_IDS[key] = f"workflow:{bb['pretrained']}"
+        else:
+            try:
+                WEIGHTS_IDS[key] = weights_identity(bb["model"], bb["pretrained"])
+            except FewclipError as err:
+                raise ConfigError(f"config key backbones.{key}.pretrained: {err}") from err
+    return WEIGHTS_IDS[key]
+
+
 def store(backbone, dataset):
     return paths.format_path(paths.STORE, backbone=backbone, dataset=dataset)
+
+
+def views(backbone, dataset):
+    return paths.format_path(paths.VIEWS, backbone=backbone, dataset=dataset)
 
 
 def dg_targets():
@@ -96,10 +139,24 @@ def target_stores(wildcards):
     return {f"target_{t}": store(wildcards.backbone, t) for t in dg_targets()}
 
 
+def cell_reads(backbone, dataset, cells):
+    """The store files beyond store.json that `cells` (planned cells of one job) read: the views
+    if one of them reads stored views, the weights file if one trains through the image encoder."""
+    out = {}
+    if any(p.views for p in cells):
+        out["views"] = views(backbone, dataset)
+    if any(p.cell.method in IMAGE_METHODS for p in cells) and weights_file(backbone):
+        out["weights"] = weights_file(backbone)
+    return out
+
+
 def fit_inputs(wildcards):
+    w = wildcards
+    planned = PLANNED[(w.protocol, w.backbone, w.dataset, w.method, int(w.shots), int(w.seed))]
     return {
-        "manifest": manifest_path(wildcards.dataset, wildcards.shots, wildcards.seed),
-        "store": store(wildcards.backbone, wildcards.dataset),
+        "manifest": manifest_path(w.dataset, w.shots, w.seed),
+        "store": store(w.backbone, w.dataset),
+        **cell_reads(w.backbone, w.dataset, [planned]),
         **target_stores(wildcards),
     }
 
@@ -147,11 +204,18 @@ def batch_outputs(protocol, methods):
             for m, k, s in batch_cells(protocol, methods)]
 
 
-def batch_inputs(wildcards):
-    return {"store": store(wildcards.backbone, wildcards.dataset),
-            "manifests": [manifest_path(wildcards.dataset, k, s)
-                          for k in batch_shots(wildcards.protocol) for s in config["seeds"]],
-            **target_stores(wildcards)}
+def batch_inputs(methods):
+    def inputs(wildcards):
+        w = wildcards
+        planned = [PLANNED[(w.protocol, w.backbone, w.dataset, m, k, s)]
+                   for m, k, s in batch_cells(w.protocol, methods)]
+        return {"store": store(w.backbone, w.dataset),
+                "manifests": [manifest_path(w.dataset, k, s)
+                              for k in batch_shots(w.protocol) for s in config["seeds"]],
+                **cell_reads(w.backbone, w.dataset, planned),
+                **target_stores(wildcards)}
+
+    return inputs
 
 
 def batch_args(methods):
@@ -198,7 +262,7 @@ def _method_args(wildcards, methods=None):
         "--backbone", bb["model"], "--backbone-key", wildcards.backbone, "--pretrained", bb["pretrained"],
         "--preset", config["preset"],
         "--protocol", wildcards.protocol, "--features", paths.FEATURES,
-        "--device", config["device"] if image else "cpu", "--config-hash", CONFIG_HASH,
+        "--device", config["device"] if image else "cpu",
     ]
     if wildcards.protocol == "dg":
         dg = config["protocols"]["dg"]
@@ -212,14 +276,25 @@ def _method_args(wildcards, methods=None):
     return shlex.join(str(a) for a in args)
 
 
-def encode_args(wildcards, input):
-    bb = backbone_cfg(wildcards.backbone)
-    args = ["--data-root", DATA_ROOT, "--dataset", wildcards.dataset, "--backbone", bb["model"],
-            "--backbone-key", wildcards.backbone, "--pretrained", bb["pretrained"], "--device", config["device"],
-            "--views", config["views"], "--templates", *config["templates"]]
-    if input.manifests:
-        args += ["--manifests", *input.manifests]
-    return shlex.join(str(a) for a in args)
+def encode_args(part):
+    """`fewclip encode` arguments of the store's job (part "store", the test, few-shot and text
+    features) or of the views' job (part "views"). A function of the wildcards only, not of the inputs:
+    Snakemake records such params, so a change to any of them re-runs the job."""
+
+    def args(wildcards):
+        bb = backbone_cfg(wildcards.backbone)
+        args = ["--data-root", DATA_ROOT, "--dataset", wildcards.dataset, "--backbone", bb["model"],
+                "--backbone-key", wildcards.backbone, "--pretrained", bb["pretrained"], "--device", config["device"]]
+        if part == "views":
+            args += ["--views", config["views"], "--views-only"]
+        else:
+            args += ["--views", 0, "--templates", *config["templates"]]
+        manifests = manifests_for(wildcards.backbone, wildcards.dataset)
+        if manifests:
+            args += ["--manifests", *manifests]
+        return shlex.join(str(a) for a in args)
+
+    return args
 
 
 # Resources. `gpu` is a count: locally a scheduler token (`--resources gpu=N`; the job takes a

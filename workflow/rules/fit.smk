@@ -10,6 +10,7 @@ rule fit:
         predictions=f"{paths.RUN_DIR}/predictions.parquet",
     params:
         args=fit_args,
+        weights=lambda wc: weights_id(wc.backbone),
         run=lambda wc, output: os.path.dirname(output.metrics),
     threads: threads_for
     resources:

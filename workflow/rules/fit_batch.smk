@@ -13,11 +13,12 @@ for batch_protocol, batch_backbone, batch_side, batch_methods in batch_groups():
         name:
             batch_name
         input:
-            unpack(batch_inputs),
+            unpack(batch_inputs(batch_methods)),
         output:
             batch_outputs(batch_protocol, batch_methods),
         params:
             args=batch_args(batch_methods),
+            weights=lambda wc: weights_id(wc.backbone),
         threads: batch_threads
         resources:
             gpu=batch_gpu,

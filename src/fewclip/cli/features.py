@@ -15,6 +15,8 @@ def register(sub) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--manifests", nargs="*", default=[], help="manifests whose images to encode (+ views)")
     p.add_argument("--views", type=count_type, default=10, help="augmented views per few-shot train image")
+    p.add_argument("--views-only", action="store_true",
+                   help="encode only the augmented views (views.pt, views.json): the workflow's rule encode_views")
     p.add_argument("--templates", nargs="*", default=["dataset", "ensemble7"])
     p.add_argument("--out", required=True, help="the store folder: results/features/{backbone}/{dataset}")
     p.add_argument("--workers", type=count_type, default=0)
@@ -35,9 +37,12 @@ def cmd_encode(args) -> int:
     backbone = load_backbone(args.backbone, args.pretrained, resolve_device(args.device))
     store = FeatureStore(Path(args.out), ds, lambda: backbone, args.workers,
                          model=args.backbone, pretrained=args.pretrained)
-    for t in args.templates:
-        store.text(t)
-    store.test()
+    if args.views_only and not args.views:
+        raise ConfigError("fewclip encode --views-only: --views is 0; ask for at least one view")
+    if not args.views_only:
+        for t in args.templates:
+            store.text(t)
+        store.test()
     train, every = [], []
     for path in args.manifests:
         m = read_manifest(path)
@@ -46,10 +51,14 @@ def cmd_encode(args) -> int:
         t = [Item(p, lab, ds.classnames[lab]) for p, lab in m["train"]]
         train += t
         every += t + [Item(p, lab, ds.classnames[lab]) for p, lab in m["val"]]
-    if every:
+    if every and not args.views_only:
         store.fewshot(every)
     if train and args.views:
         store.views(train, args.views)
-    store.write_manifest({"pretrained": backbone.pretrained, "sha256": backbone.sha256, "views": args.views})
+    written = {"pretrained": backbone.pretrained, "sha256": backbone.sha256, "views": args.views}
+    if args.views:
+        store.write_manifest(written, "views.json")
+    if not args.views_only:
+        store.write_manifest(written)
     print(f"{ds.name}: {store.images_encoded} image encodings written to {args.out}")
     return 0

@@ -41,7 +41,6 @@ def register(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
                    help="override a hyper-parameter (repeatable), e.g. --set epochs=1 for every --method, "
                         "--set coop.epochs=1 for one of them")
-    p.add_argument("--config-hash", default="")
     p.add_argument("--expect-hparams", nargs="+", default=[], metavar="SHA256",
                    help="the workflow's planned hyper-parameter digest per cell (`fewclip plan`), in the order "
                         "the cells run (method, then shots, then seed; one cell for a method whose result depends on "
@@ -130,7 +129,7 @@ def cmd_run(args) -> int:
             preset=args.preset, overrides=overrides[m], device=args.device, protocol=args.protocol,
             evals=args.evals, cross_dataset=args.cross_dataset,
             manifest=fill(args.manifest, m, k, s) if args.manifest else None,
-            features=args.features, config_hash=args.config_hash, workers=args.workers, expect_hparams=digest,
+            features=args.features, workers=args.workers, expect_hparams=digest,
         ))
     if len({sp.out for sp in specs}) < len(specs):
         raise ConfigError(f"--out {args.out} gives several cells the same run directory")

@@ -5,7 +5,9 @@ Layout under `root/{backbone_key}/{dataset}/`:
 - `fewshot.pt`  the union of all few-shot manifests' train + val images (test transform)
 - `views.pt`    V augmented views (crop scale 0.5–1 + flip) of the union's train images
 - `text.pt`     hand-crafted text features of the classes, one entry per template set
-- `store.json`  what the store was computed from (its `source`) and how many images were encoded
+- `store.json`  what test/few-shot/text were computed from (their `source`), how many images were encoded
+- `views.json`  the same for `views.pt` (the workflow writes the views in a job of their own, rule
+                encode_views: more views re-run only that job and the cells that read views)
 
 Image features are stored **raw** (the encoder's output before L2 normalisation, fp16):
 cache models average unnormalised views and lpclip (the official logistic regression) fits raw
@@ -220,11 +222,12 @@ class FeatureStore:
             return None
         return obj
 
-    def write_manifest(self, extra: dict | None = None) -> None:
-        """store.json: the source every file of the store was computed from."""
+    def write_manifest(self, extra: dict | None = None, name: str = "store.json") -> None:
+        """store.json (test, few-shot and text features) or views.json (the augmented views): the
+        source the files were computed from. The workflow's jobs depend on these two files."""
         from ..io import write_json
 
-        write_json(self.root / "store.json", {
+        write_json(self.root / name, {
             "model": self.source["model"], "sha256": self.source["weights"], "dataset": self.dataset.name,
             "source": self.source, "images_encoded": self.images_encoded, "recomputed": self.recomputed,
             **(extra or {}),
@@ -284,9 +287,11 @@ class FeatureStore:
 
         path = self.root / "views.pt"
         old = self._current(path)
-        if old is not None and old["features"].shape[0] < n_views:
-            raise FewclipError(f"{path} holds {old['features'].shape[0]} views, {n_views} are needed; "
-                               "delete it and re-encode with more views")
+        if old is not None and old["features"].shape[0] < n_views:  # fewer views than asked: stale
+            print(f"fewclip: {path} holds {old['features'].shape[0]} views, {n_views} are needed; recomputing it",
+                  file=sys.stderr, flush=True)
+            self.recomputed.append(path.name)
+            old = None
         have = set(old["paths"]) if old else set()
         todo = _unique([it for it in items if it.path not in have])
         if todo:

@@ -27,7 +27,7 @@ def provenance(spec, manifest: dict, backbone_sha: str, device: torch.device) ->
     return {
         "fewclip_version": __version__,
         "git_commit": _git_commit(),
-        "config_hash": spec.config_hash or sha256_json(spec.config_identity()),
+        "config_hash": sha256_json(spec.config_identity()),
         "manifest_sha256": manifest["sha256"],
         "backbone_sha256": backbone_sha,
         "torch": torch.__version__,

@@ -28,6 +28,7 @@ from ..methods import Method
 from ..paths import store_dir
 from .device import resolve_device
 from .evaluate import evaluate_targets, write_eval
+from .features import weights_identity
 from .inputs import CellData, inputs_for
 from .provenance import peak_mem_mb, provenance
 from .rundir import owned_run_dir, publish
@@ -89,7 +90,7 @@ def _run_cell(spec: RunSpec, checked: Checked, stage: Path) -> dict:
 
     _save_checkpoint(stage, spec, method, hp)
     base = _result_base(spec, cls, hp, method, checked.manifest, info, train_stats, train_seconds, device,
-                        backbone_info.get("sha256") or _stored_backbone_sha(spec))
+                        backbone_info.get("sha256") or features_backbone_sha(spec))
 
     # extra evaluations first, the cell's own metrics.json last (it marks the cell finished)
     n_base = len(cell.ds.classnames)
@@ -160,9 +161,17 @@ def _cached_backbone(name: str, pretrained: str, device: str):
     return load_backbone(name, pretrained, device)
 
 
-def _stored_backbone_sha(spec: RunSpec) -> str:
-    """The backbone identity without loading it: recorded by `fewclip encode` in the store."""
+def features_backbone_sha(spec: RunSpec) -> str:
+    """The weights a feature-level cell's features were computed from, named without loading the
+    backbone: the store's files are recomputed whenever their recorded weights differ from these
+    (fewclip.engine.features), so this is the identity of the current --pretrained (a local file's
+    sha256, read now), in the form a loaded backbone gives it (`Backbone.sha256`)."""
+    identity = weights_identity(spec.backbone, spec.pretrained)
+    if identity.startswith("sha256:"):
+        return identity.removeprefix("sha256:")
     path = Path(store_dir(spec.features, spec.key, spec.dataset)) / "store.json"
-    if path.is_file():
-        return json.loads(path.read_text())["sha256"]
-    return "unknown (features encoded without store.json)"
+    if path.is_file():  # an open_clip tag: the published hash `fewclip encode` recorded, if of these weights
+        stored = json.loads(path.read_text())
+        if stored.get("source", {}).get("weights") == identity:
+            return stored["sha256"]
+    return identity

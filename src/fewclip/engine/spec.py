@@ -28,7 +28,6 @@ class RunSpec:
     cross_dataset: list[str] = field(default_factory=list)  # cross-dataset targets (protocol dg): their own classes
     manifest: str | None = None  # a manifest written by `fewclip split`; sampled here when absent
     features: str | None = None  # feature-store root; default: fewclip.paths.FEATURES
-    config_hash: str = ""
     expect_hparams: str | None = None  # the workflow's planned digest of the resolved hparams (fewclip.plan)
     workers: int = 0
 
@@ -41,6 +40,7 @@ class RunSpec:
         return {k: self.key if k == "backbone_key" else getattr(self, k) for k in RUN_IDENTITY}
 
     def config_identity(self) -> dict:
-        """What a run outside the workflow (no --config-hash) hashes as its config."""
-        return {k: getattr(self, k) for k in ("dataset", "method", "backbone", "pretrained", "shots", "seed",
-                                              "preset", "overrides", "protocol")}
+        """The settings of this one cell (provenance `config_hash`): a change elsewhere in the
+        workflow's config leaves it, and the cell, as they are."""
+        return {k: getattr(self, k) for k in ("data_root", "dataset", "method", "backbone", "pretrained", "shots",
+                                              "seed", "preset", "overrides", "protocol", "evals", "cross_dataset")}
