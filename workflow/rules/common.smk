@@ -7,7 +7,8 @@ from snakemake.utils import validate
 from fewclip import paths
 from fewclip.constants import PRESETS, PROTOCOLS
 from fewclip.grid import cell_resources, image_methods, method_cells, sample_free_methods
-from fewclip.engine.features import weights_identity
+from fewclip.data.datasets import get_spec
+from fewclip.engine.features import PRECISION, PREPROCESS, STORE_FORMAT, weights_identity
 from fewclip.errors import ConfigError, FewclipError
 from fewclip.models.backbone import is_local_file
 from fewclip.plan import check_config, check_paths, check_retired_keys, plan
@@ -66,6 +67,22 @@ def data_ready():
     """The data root's marker when the workflow generates the data itself (demo, fixtures)."""
     gen = config.get("generate_data", "none")
     return [f"{DATA_ROOT}/.fewclip-{gen}.json"] if gen != "none" else []
+
+
+def split_file(dataset):
+    """The dataset's split file (split JSON, classnames.txt, variants.txt) when it is on disk: an
+    input of the dataset's splits and stores, so an edited file re-runs them. A data root that the
+    workflow generates (`generate_data`), or that is still to be downloaded, has none yet."""
+    if config.get("generate_data", "none") != "none":
+        return []
+    spec = get_spec(dataset)
+    path = Path(DATA_ROOT) / spec.folder / spec.split_file
+    return [str(path)] if path.is_file() else []
+
+
+# How the store computes its features (fewclip.engine.features): a param of the encode jobs, so a
+# fewclip that preprocesses, stores or encodes otherwise re-encodes.
+STORE_SOURCE = {"format": STORE_FORMAT, "preprocess": PREPROCESS, "precision": PRECISION}
 
 
 def manifest_path(dataset, shots, seed):

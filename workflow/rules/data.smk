@@ -24,6 +24,7 @@ rule split:
     """The few-shot manifest of one (dataset, K, seed): every method of the cell reads it."""
     input:
         data_ready(),
+        split_file=lambda wc: split_file(wc.dataset),
     output:
         manifest=paths.MANIFEST,
     params:

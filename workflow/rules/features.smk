@@ -5,11 +5,13 @@ rule encode:
         data_ready(),
         manifests=lambda wc: manifests_for(wc.backbone, wc.dataset),
         weights=lambda wc: weights_file(wc.backbone),
+        split_file=lambda wc: split_file(wc.dataset),
     output:
         store=paths.STORE,
     params:
         args=encode_args("store"),
         weights=lambda wc: weights_id(wc.backbone),
+        source=STORE_SOURCE,
         out=lambda wc, output: os.path.dirname(output.store),
     threads: encode_threads
     resources:
@@ -39,6 +41,7 @@ rule encode_views:
     params:
         args=encode_args("views"),
         weights=lambda wc: weights_id(wc.backbone),
+        source=STORE_SOURCE,
         out=lambda wc, output: os.path.dirname(output.views),
     threads: encode_threads
     resources:
