@@ -18,6 +18,10 @@ layer's prompt outputs at every layer (VPT-deep, in the first layers that have t
 optional per-layer callables add tokens computed from the layer's input (DPT's class-aware
 tokens). Prompt tokens carry no positional embedding, so their position in the sequence
 does not matter; they are dropped before the next layer and before pooling.
+
+Deep prompts in both towers (MaPLe, IVLP/PromptSRC): `encode_prompts(deep=...)` replaces the
+context's hidden states before each prompted text layer, and `encode_image_deep` appends a shallow
+vision prompt before ln_pre and replaces it layer by layer, keeping it through the later layers.
 """
 
 from __future__ import annotations
@@ -69,10 +73,14 @@ class TextPrompts(nn.Module):
     ctx_init are the learned vectors. When a word has several BPE tokens, the tokens after the
     first M stay frozen in the prompt (they sit in the suffix), as in the official code.
     Class-specific contexts exist only with random init: the official code silently ignores
-    CSC when CTX_INIT is set, fewclip refuses the combination (ConfigError naming both keys)."""
+    CSC when CTX_INIT is set, fewclip refuses the combination (ConfigError naming both keys).
+    `init_tokens` (MaPLe, PromptSRC: their N_CTX): only the first `init_tokens` BPE tokens of
+    ctx_init are learned, the rest of ctx_init stays frozen in the prompt (MaPLe's N_CTX 2 of
+    "a photo of a": [a photo](learned) of a {class}.)."""
 
     def __init__(self, model, tokenizer, n_ctx: int = 16, ctx_init: str = "", csc: bool = False,
-                 n_classes: int | None = None, position: str = "end", init_std: float = 0.02):
+                 n_classes: int | None = None, position: str = "end", init_std: float = 0.02,
+                 init_tokens: int | None = None):
         super().__init__()
         if position not in POSITIONS:
             raise FewclipError(f"class_token_position must be one of {', '.join(POSITIONS)}, got '{position}'")
@@ -90,7 +98,7 @@ class TextPrompts(nn.Module):
                     f"csc=true with ctx_init={ctx_init!r}: class-specific contexts only exist with random "
                     "init (the official CoOp code ignores CSC when CTX_INIT is set); use csc=false to learn "
                     "one context initialised from the words, or ctx_init='' for class-specific random contexts")
-            n_ctx = len(ctx_init.split(" "))
+            n_ctx = len(ctx_init.split(" ")) if init_tokens is None else init_tokens
             with torch.no_grad():
                 tok = _tokens(tokenizer, [ctx_init]).to(device)
                 vec = model.token_embedding(tok)[0, 1 : 1 + n_ctx].float().clone()
@@ -186,17 +194,23 @@ def encode_text_embeddings(model, x: torch.Tensor, tokens: torch.Tensor) -> torc
 
 
 def encode_prompts(learner: TextPrompts, bank: PromptBank, ctx=None, class_index=None,
-                   per_image: bool = False, normalize: bool = True) -> torch.Tensor:
+                   per_image: bool = False, normalize: bool = True, deep=None) -> torch.Tensor:
     """L2-normalised text features: [C, d], or [B, C, d] for per-image contexts [B, M, w]
     (`normalize=False`: the text encoder's raw output, as DPT's CAVPT queries read it).
+    deep: per text layer i, None or [M, w] tokens replacing the context's hidden states
+    (positions 1..M) before layer i (MaPLe / IVLP deep text prompts; shared context, class at the end).
 
     With the class token at the end, the prompt is [SOS, ctx, name. EOT]: [SOS, ctx] is shared by
     every class (CoOp: once; CoCoOp: once per image; CSC: only SOS) and is computed once
     (text_encoder.encode_causal). `middle`/`front` run the whole prompts, still without padding."""
     model = learner.model
+    if deep is not None and (per_image or learner.csc or learner.position != "end"):
+        raise FewclipError("deep text prompts need one shared context with the class token at the end")
     if not (FAST_TEXT and fast_path_supported(model)):
         emb = learner.embeddings(bank, ctx, class_index, per_image)
-        if emb.dim() == 4:
+        if deep is not None:
+            feats = encode_text_open_clip(model, emb, bank.tokens, deep)
+        elif emb.dim() == 4:
             B, C = emb.shape[:2]
             feats = encode_text_open_clip(model, emb.flatten(0, 1), bank.tokens.repeat(B, 1)).reshape(B, C, -1)
         else:
@@ -225,7 +239,7 @@ def encode_prompts(learner: TextPrompts, bank: PromptBank, ctx=None, class_index
             elif ctx.shape[0] != len(bank.names):
                 raise FewclipError("class-specific contexts need the training index of each class")
             prefix, suffix, ends = sos, torch.cat([ctx, suffix], dim=1), ends + M
-        feats = encode_causal(model, suffix, ends, prefix)
+        feats = encode_causal(model, suffix, ends, prefix, deep)
         if not per_image:
             feats = feats[0]
     return feats / feats.norm(dim=-1, keepdim=True) if normalize else feats
@@ -288,3 +302,36 @@ def encode_image(visual, images: torch.Tensor, deep: torch.Tensor | None = None,
     if visual.proj is not None:
         pooled = pooled @ visual.proj
     return pooled, outs
+
+
+def encode_image_deep(visual, images: torch.Tensor, shallow: torch.Tensor | None = None,
+                      deep=()) -> torch.Tensor:
+    """Image features (unnormalised, [B, d]) with IVLP / MaPLe vision prompts (the official
+    `VisionTransformer(_MaPLe).forward` and `ResidualAttentionBlock_IVLP/_MaPLe`), which differ
+    from VPT-deep's (`encode_image`) in two ways:
+
+    - `shallow` [n, w] is appended after the patch tokens BEFORE ln_pre, without a positional
+      embedding: ln_pre normalises it with the other tokens;
+    - before layer i >= 1, the last n tokens are REPLACED by deep[i-1] [n, w] where there is one;
+      in the layers after the last deep prompt the previous layer's outputs at those positions
+      go on through the remaining layers (they are never dropped). Pooled at the CLS token."""
+    x = visual.conv1(images)
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+    B, T = x.shape[0], x.shape[1] + 1
+    cls = visual.class_embedding.to(x.dtype).reshape(1, 1, -1).expand(B, -1, -1)
+    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+    x = visual.patch_dropout(x)
+    if shallow is not None and shallow.shape[0]:
+        x = torch.cat([x, shallow.to(x.dtype).unsqueeze(0).expand(B, -1, -1)], dim=1)
+    x = visual.ln_pre(x)
+    batch_first = getattr(visual.transformer, "batch_first", True)
+    deep = list(deep or [])
+    for i, blk in enumerate(visual.transformer.resblocks):
+        if 1 <= i <= len(deep) and deep[i - 1] is not None:
+            tokens = deep[i - 1].to(x.dtype)
+            x = torch.cat([x[:, : x.shape[1] - tokens.shape[0]], tokens.unsqueeze(0).expand(B, -1, -1)], dim=1)
+        x = blk(x) if batch_first else blk(x.transpose(0, 1)).transpose(0, 1)
+    pooled, _ = visual._pool(x[:, :T])
+    if visual.proj is not None:
+        pooled = pooled @ visual.proj
+    return pooled

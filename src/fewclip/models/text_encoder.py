@@ -11,6 +11,10 @@ depends only on the positions up to its EOT. Two consequences, both exact:
   broadcast to the prompts' own positions (`suffix`), which attend to [prefix; themselves] with a
   lower-right causal mask (a small boolean [n, P + n]).
 
+- **Deep context**: deep text prompts (MaPLe, IVLP/PromptSRC) replace the hidden states at positions
+  1..n before a layer. Those positions lie in the shared prefix, before every EOT, so both points
+  above still hold: the prefix is computed once per layer with its replaced tokens (`deep`).
+
 Each block is open_clip's `ResidualAttentionBlock` computed from its own weights (ln_1 → in_proj →
 scaled_dot_product_attention → out_proj → ls_1 residual → ln_2 → mlp → ls_2 residual), with
 `is_causal` instead of an explicit mask, so GPUs can use fused attention kernels. Models whose
@@ -142,13 +146,23 @@ def _project(model, pooled: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- encoders
 
 
-def encode_causal(model, suffix: torch.Tensor, ends, prefix: torch.Tensor | None = None) -> torch.Tensor:
+def replace_context(x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """x [N, L, w] with positions 1..n replaced by `tokens` [n, w] (the same for every row) or [N, n, w]."""
+    tokens = tokens.to(x.dtype)
+    if tokens.dim() == 2:
+        tokens = tokens.unsqueeze(0).expand(x.shape[0], -1, -1)
+    return torch.cat([x[:, :1], tokens, x[:, 1 + tokens.shape[1]:]], dim=1)
+
+
+def encode_causal(model, suffix: torch.Tensor, ends, prefix: torch.Tensor | None = None,
+                  deep=None) -> torch.Tensor:
     """Unnormalised text features [G, C, d] of the prompts [prefix[g]; suffix[c]].
 
     prefix: [G, P, w] token embeddings shared by all C prompts of group g (None: no prefix, G = 1);
     suffix: [C, S, w] token embeddings of each prompt after the prefix (the same for every group);
     ends: [C] index in `suffix` of each prompt's EOT token. Positions after a prompt's EOT are
-    never computed."""
+    never computed. deep: per layer i, None or tokens [n, w] that replace the prefix's positions
+    1..n before layer i (deep text prompts; n < P)."""
     cast = model.transformer.get_cast_dtype()
     pos = model.positional_embedding.to(cast)
     blocks = model.transformer.resblocks
@@ -166,10 +180,15 @@ def encode_causal(model, suffix: torch.Tensor, ends, prefix: torch.Tensor | None
     def run(*args):
         return checkpoint(_block, *args, use_reentrant=False) if grad and recompute else _block(*args)
 
+    deep = list(deep or [])
+    if any(t is not None and t.shape[-2] >= P for t in deep):
+        raise ValueError("deep text prompts replace positions 1..n of the shared prefix: n must be below its length")
     past = [None] * len(blocks)
     if P:
         x = prefix.to(cast) + pos[:P]
         for i, blk in enumerate(blocks):
+            if i < len(deep) and deep[i] is not None:
+                x = replace_context(x, deep[i])
             x, past[i] = run(blk, x)
     feats, order = [], []
     for end, idx in groups:
@@ -186,9 +205,11 @@ def encode_causal(model, suffix: torch.Tensor, ends, prefix: torch.Tensor | None
     return _project(model, pooled)
 
 
-def encode_text_open_clip(model, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+def encode_text_open_clip(model, x: torch.Tensor, tokens: torch.Tensor, deep=None) -> torch.Tensor:
     """open_clip's own `encode_text` from token embeddings x [N, L, w] (every prompt padded to L,
-    explicit mask); unnormalised features [N, d]. The fallback, and the reference of the tests."""
+    explicit mask); unnormalised features [N, d]. The fallback, and the reference of the tests.
+    deep: per layer i, None or tokens [n, w] replacing positions 1..n before layer i (then the
+    blocks run one by one, as the official deep-prompt transformers do)."""
     from open_clip.transformer import text_global_pool
 
     cast = model.transformer.get_cast_dtype()
@@ -200,7 +221,10 @@ def encode_text_open_clip(model, x: torch.Tensor, tokens: torch.Tensor) -> torch
         act = activation_bytes(model, x.shape[0] * L, L, torch.finfo(cast).bits // 8)
         model.transformer.grad_checkpointing = should_recompute(act, free_memory(x.device))
     try:
-        x = model.transformer(x, attn_mask=mask)
+        if deep is None or all(t is None for t in deep):
+            x = model.transformer(x, attn_mask=mask)
+        else:
+            x = _deep_transformer(model.transformer, x, mask, list(deep))
     finally:
         model.transformer.grad_checkpointing = before
     x = model.ln_final(x)
@@ -211,3 +235,18 @@ def encode_text_open_clip(model, x: torch.Tensor, tokens: torch.Tensor) -> torch
     if proj is None:
         return pooled
     return proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
+
+
+def _deep_transformer(transformer, x: torch.Tensor, mask, deep: list) -> torch.Tensor:
+    """open_clip's `Transformer.forward` on [N, L, w], with positions 1..n replaced by deep[i]
+    before block i."""
+    batch_first = getattr(transformer, "batch_first", True)
+    for i, blk in enumerate(transformer.resblocks):
+        if i < len(deep) and deep[i] is not None:
+            x = replace_context(x, deep[i])
+        if transformer.grad_checkpointing:
+            x = checkpoint(blk, x, None, None, mask, use_reentrant=False) if batch_first else checkpoint(
+                blk, x.transpose(0, 1), None, None, mask, use_reentrant=False).transpose(0, 1)
+        else:
+            x = blk(x, attn_mask=mask) if batch_first else blk(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+    return x
