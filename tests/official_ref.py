@@ -24,7 +24,7 @@ MODELS = {"vit": "fewclip-ref-vit", "rn": "fewclip-ref-rn"}
 @functools.lru_cache(maxsize=None)
 def ref(name: str) -> dict:
     """The stored outputs of one official case (`zeroshot`, `coop`, `cocoop`, `vpt`, `vlp`, `dpt`,
-    `tip`, `lpclip`, `schedules`)."""
+    `tip`, `lpclip`, `schedules`, `kgcoop`, `maple`, `promptsrc`)."""
     return torch.load(DATA / f"{name}.pt", map_location="cpu", weights_only=True)
 
 
