@@ -28,7 +28,7 @@ TIP = {"imagenet": (1.17, 7, 3), "caltech101": (3, 12, 5), "oxford_pets": (1.17,
        "ucf101": (3, 7, 3)}
 DASSL_SGD = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "warmup_lr": 1e-5,
              "schedule": "cosine_epoch", "crop_scale_min": 0.08}
-PROMPT_METHODS = ("coop", "cocoop", "vpt", "vlp", "dpt")  # the official code trains them in pure fp16
+PROMPT_METHODS = ("coop", "cocoop", "vpt", "vlp", "dpt", "kgcoop")  # the official code trains them in pure fp16
 
 
 def coop_epochs(dataset, shots):  # COOP.md: rn50_ep50 / rn50_ep100 / rn50; ImageNet *_ep50 for all
@@ -92,6 +92,12 @@ def expected(protocol, dataset, method, shots, preset) -> dict:
         if method == "dpt":  # train_single.sh: CPN 10, ALPHA 0.3, BOTTOMLIMIT 12 of 12 layers
             out.update({"cavpt": True, "cavpt_classes": 10, "alpha": 0.3, "cavpt_layers": 1, "cavpt_qk_dim": 32})
         return out
+    if method == "kgcoop":
+        # htyao89/KgCoOp configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml (CTX_INIT True: the code's
+        # hard-coded 'a photo of a', 4 contexts) with the options of base2new_train.sh and xd_train.sh
+        # (W 8.0 from run.sh / the script, N_CTX 4, CSC False, end): one config in both, no ImageNet case
+        return {"n_ctx": 4, "ctx_init": "a photo of a", "csc": False, "class_token_position": "end",
+                "kg_weight": 8.0, "epochs": 100, "lr": 0.002, "batch_size": 128, "warmup_epochs": 1, **DASSL_SGD}
     raise AssertionError(f"no expectation for {method}")
 
 
@@ -111,8 +117,9 @@ def test_paper_plan_matches_spec_cell_by_cell(paper_plans, preset):
     rows = paper_plans[preset]
     # few-shot: 11 datasets × 5 K × 3 seeds × (5 methods on RN50 + 6 on ViT-B-32) = 1815, + zero-shot
     # once per (backbone, dataset): 22 (its result depends on neither K nor the seed); base-to-new
-    # 11 × 3 seeds × 6 + 11 zero-shot = 209; DG 6 × 3 + 1 = 19
-    assert len(rows) == 1815 + 22 + 209 + 19 == 2065
+    # 11 × 3 seeds × 6 + 11 zero-shot = 209; DG 6 × 3 + 1 = 19; KgCoOp's scripts on ViT-B-16: few-shot at
+    # 4 shots only (xd_train.sh) and base-to-new, 11 × 3 each
+    assert len(rows) == 1815 + 22 + 209 + 19 + 2 * 33 == 2131
     once = [r for r in rows if r["method"] == "zeroshot"]
     assert sorted((r["protocol"], r["backbone"], r["dataset"]) for r in once) == sorted(
         {(r["protocol"], r["backbone"], r["dataset"]) for r in rows if r["method"] == "coop"})
@@ -121,7 +128,8 @@ def test_paper_plan_matches_spec_cell_by_cell(paper_plans, preset):
     # few-shot backbones: CoOp's and Tip-Adapter's tables on RN50, DPT's table on ViT-B/32
     backbones = {"zeroshot": {"RN50", "ViT-B-32"}, "linear_probe": {"RN50", "ViT-B-32"}, "coop": {"RN50", "ViT-B-32"},
                  "clip_adapter": {"RN50"}, "tip_adapter": {"RN50"}, "tip_adapter_f": {"RN50"},
-                 "cocoop": {"ViT-B-32"}, "vpt": {"ViT-B-32"}, "vlp": {"ViT-B-32"}, "dpt": {"ViT-B-32"}}
+                 "cocoop": {"ViT-B-32"}, "vpt": {"ViT-B-32"}, "vlp": {"ViT-B-32"}, "dpt": {"ViT-B-32"},
+                 "kgcoop": {"ViT-B-16"}}
     wrong = []
     for r in rows:
         assert r["preset"] == preset and r["pretrained"] == "openai"
@@ -142,6 +150,9 @@ def test_paper_plan_matches_spec_cell_by_cell(paper_plans, preset):
         if diff:
             wrong.append((r["protocol"], r["dataset"], r["method"], r["shots"], diff))
     assert not wrong, f"{len(wrong)} cells differ from SPEC, e.g. {wrong[:5]}"
+    kg = [r for r in rows if r["method"] == "kgcoop"]
+    assert {(r["protocol"], r["shots"]) for r in kg} == {("fewshot", 4), ("base2new", 16)}  # no DG script
+    assert len(kg) == 2 * 11 * 3
     assert {r["dataset"] for r in rows} == set(ELEVEN)
     assert {(r["protocol"], r["seed"]) for r in rows} >= {(p, s) for p in ("fewshot", "base2new", "dg") for s in (1, 2, 3)}
 

@@ -157,10 +157,11 @@ def test_paper_config_plans_the_whole_grid(tmp_path, fixture_root):
     # few-shot: 11 datasets x (5 RN50 + 6 ViT-B-32 methods) x 5 shots x 3 seeds = 1815, + zero-shot
     # once per (backbone, dataset) = 22 (its class declares uses_fewshot_sample = False);
     # base-to-new: 11 x 6 x 3 + 11 = 209; DG: 6 x 3 + 1 = 19 -> 2065 cells (2397 with zero-shot
-    # at every K and seed); image-encoder methods on the GPU.
-    assert stats["fit"] + stats["fit_gpu"] == 1815 + 22 + 209 + 19 == 2065
-    # few-shot coop (RN50) and coop/cocoop/vpt/vlp/dpt (ViT-B-32); base-to-new and DG: coop, cocoop
-    assert stats["fit_gpu"] == 11 * 5 * 3 * (1 + 5) + (11 + 1) * 3 * 2
+    # at every K and seed); KgCoOp (ViT-B-16): 4-shot few-shot and base-to-new, 11 x 3 each;
+    # image-encoder methods on the GPU.
+    assert stats["fit"] + stats["fit_gpu"] == 1815 + 22 + 209 + 19 + 2 * 33 == 2131
+    # few-shot coop (RN50) and coop/cocoop/vpt/vlp/dpt (ViT-B-32); base-to-new and DG: coop, cocoop; kgcoop
+    assert stats["fit_gpu"] == 11 * 5 * 3 * (1 + 5) + (11 + 1) * 3 * 2 + 2 * 33
     assert stats["split"] == 11 * 5 * 3  # base-to-new and DG reuse the 16-shot manifests
     assert stats["encode"] == 11 * 3 + 4  # every (backbone, dataset) once + the DG targets (ViT-B-16)
 

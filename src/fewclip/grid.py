@@ -119,7 +119,7 @@ def expand_grid(config: dict, sample_free=()) -> list[Cell]:
     if fs:
         for run in fs["runs"]:
             for dataset in fs["datasets"]:
-                for method, k, s in method_cells(run["methods"], fs["shots"], seeds, sample_free):
+                for method, k, s in method_cells(run["methods"], run_shots(fs, run), seeds, sample_free):
                     cells.append(Cell("fewshot", run["backbone"], dataset, method, k, s))
     b2n = protocols.get("base2new")
     if b2n:
@@ -135,6 +135,12 @@ def expand_grid(config: dict, sample_free=()) -> list[Cell]:
             for method, k, s in method_cells(run["methods"], _as_list(dg["shots"]), seeds, sample_free):
                 cells.append(Cell("dg", run["backbone"], dg["source"], method, k, s, targets + cross, cross))
     return cells
+
+
+def run_shots(protocol_config: dict, run: dict) -> list[int]:
+    """The K of one run's cells: its own `shots` (few-shot runs may narrow the protocol's list to the
+    K an official script ships, e.g. KgCoOp's 4-shot run), else the protocol's."""
+    return run.get("shots") or _as_list(protocol_config["shots"])
 
 
 def _as_list(x):

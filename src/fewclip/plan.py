@@ -187,12 +187,31 @@ def check_config(config: dict) -> dict:
                         f"config key protocols.{protocol}.runs[{i}].methods: unknown method '{m}'; registered: "
                         f"{', '.join(sorted(registered))} (a method of your own is registered by naming its file "
                         "in FEWCLIP_PLUGINS)")
+            if "shots" in run:
+                _check_run_shots(protocol, p, i, run, registered)
     for m in config.get("method_params", {}):
         if m not in registered:
             raise ConfigError(f"config key method_params.{m}: unknown method '{m}'; registered: "
                               f"{', '.join(sorted(registered))}")
     _check_dg_targets(config["protocols"].get("dg"))
     return config
+
+
+def _check_run_shots(protocol: str, p: dict, i: int, run: dict, registered: dict) -> None:
+    """A run's own `shots`: few-shot runs only, some of the protocol's K, no method that reads no
+    few-shot sample (it runs once, at the protocol's first K)."""
+    key = f"config key protocols.{protocol}.runs[{i}].shots"
+    if protocol != "fewshot":
+        raise ConfigError(f"{key}: only few-shot runs choose their own K (protocol {protocol} has one `shots` "
+                          "for every run)")
+    other = [k for k in run["shots"] if k not in p["shots"]]
+    if other:
+        raise ConfigError(f"{key}: {other} not in protocols.fewshot.shots {p['shots']} (a run picks some of "
+                          "the protocol's K)")
+    free = [m for m in run["methods"] if not registered[m].uses_fewshot_sample]
+    if free:
+        raise ConfigError(f"{key}: {', '.join(free)} reads no few-shot sample and runs once, at the protocol's "
+                          "first K: list it in a run without `shots`")
 
 
 def check_paths(config: dict) -> None:

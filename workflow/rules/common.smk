@@ -6,7 +6,7 @@ from snakemake.utils import validate
 
 from fewclip import paths
 from fewclip.constants import PRESETS, PROTOCOLS
-from fewclip.grid import cell_resources, image_methods, method_cells, sample_free_methods
+from fewclip.grid import cell_resources, image_methods, method_cells, run_shots, sample_free_methods
 from fewclip.data.datasets import get_spec
 from fewclip.engine.features import PRECISION, PREPROCESS, STORE_FORMAT, weights_identity
 from fewclip.errors import ConfigError, FewclipError
@@ -196,56 +196,63 @@ def batch_shots(protocol):
 
 
 def batch_groups():
-    """`batch_cells: true`: (protocol, backbone, side, methods) of each batched fit. Its job for
+    """`batch_cells: true`: (protocol, backbone, side, shots, methods) of each batched fit. Its job for
     one dataset runs every (method, shots, seed) cell of its side, `images` (the methods whose
-    class declares needs = "images", on `device`) or `features` (the rest, on the CPU)."""
+    class declares needs = "images", on `device`) or `features` (the rest, on the CPU), at `shots`
+    (a few-shot run's own K, else the protocol's: runs with other K are other groups)."""
     groups: dict = {}
-    for c in CELLS:
-        side = "images" if c.method in IMAGE_METHODS else "features"
-        groups.setdefault((c.protocol, c.backbone, side), set()).add(c.method)
-    return [(p, b, side, sorted(ms)) for (p, b, side), ms in sorted(groups.items())]
+    for protocol, p in config["protocols"].items():
+        for run in p["runs"]:
+            for m in run["methods"]:
+                side = "images" if m in IMAGE_METHODS else "features"
+                groups.setdefault((protocol, run["backbone"], side, tuple(run_shots(p, run))), set()).add(m)
+    return [(p, b, side, list(k), sorted(ms)) for (p, b, side, k), ms in sorted(groups.items())]
 
 
-def batch_cells(protocol, methods):
+def batch_suffix(protocol, shots):
+    """'' for a group at the protocol's K; '_k4' (its K) for a run that chose its own."""
+    return "" if list(shots) == batch_shots(protocol) else "_k" + "_".join(map(str, shots))
+
+
+def batch_cells(protocol, methods, shots):
     """(method, shots, seed) of one batched job's cells, in the order `fewclip run` runs them: every
     (shots, seed) of a method, or the first of each for a method whose result depends on neither
     (SAMPLE_FREE; `fewclip run` skips the others the same way, fewclip.grid.method_cells)."""
-    return method_cells(methods, batch_shots(protocol), config["seeds"], SAMPLE_FREE)
+    return method_cells(methods, shots, config["seeds"], SAMPLE_FREE)
 
 
-def batch_outputs(protocol, methods):
+def batch_outputs(protocol, methods, shots):
     """Outputs of one batched job: its (method, shots, seed) cells of a (backbone, dataset).
     Protocol, backbone and dataset stay wildcards (each batch rule constrains the first two)."""
     metrics = f"{paths.RUN_DIR}/metrics.json"
     return [metrics.replace("{method}", m).replace("{shots}", str(k)).replace("{seed}", str(s))
-            for m, k, s in batch_cells(protocol, methods)]
+            for m, k, s in batch_cells(protocol, methods, shots)]
 
 
-def batch_inputs(methods):
+def batch_inputs(methods, shots):
     def inputs(wildcards):
         w = wildcards
         planned = [PLANNED[(w.protocol, w.backbone, w.dataset, m, k, s)]
-                   for m, k, s in batch_cells(w.protocol, methods)]
+                   for m, k, s in batch_cells(w.protocol, methods, shots)]
         return {"store": store(w.backbone, w.dataset),
                 "manifests": [manifest_path(w.dataset, k, s)
-                              for k in batch_shots(w.protocol) for s in config["seeds"]],
+                              for k in shots for s in config["seeds"]],
                 **cell_reads(w.backbone, w.dataset, planned),
                 **target_stores(wildcards)}
 
     return inputs
 
 
-def batch_args(methods):
+def batch_args(methods, shots):
     """`fewclip run` over all (method, shots, seed) cells of the job, in one process."""
 
     def args(wildcards):
         w = wildcards
         out = paths.RUN_DIR.replace("{protocol}", w.protocol).replace("{backbone}", w.backbone).replace("{dataset}", w.dataset)
-        shots = [str(k) for k in batch_shots(w.protocol)]
         seeds = [str(s) for s in config["seeds"]]
         digests = [HPARAMS_SHA[(w.protocol, w.backbone, w.dataset, m, int(k), int(s))]
-                   for m, k, s in batch_cells(w.protocol, methods)]  # the order `fewclip run` runs them
-        cells = shlex.join(["--method", *methods, "--shots", *shots, "--seed", *seeds, "--out", out,
+                   for m, k, s in batch_cells(w.protocol, methods, shots)]  # the order `fewclip run` runs them
+        cells = shlex.join(["--method", *methods, "--shots", *map(str, shots), "--seed", *seeds, "--out", out,
                             "--manifest", manifest_path(w.dataset, "{shots}", "{seed}"),
                             "--expect-hparams", *digests])
         return f"{cells} {_method_args(w, methods)}"
@@ -253,7 +260,7 @@ def batch_args(methods):
     return args
 
 
-def batch_resources(protocol, side, methods):
+def batch_resources(protocol, side, methods, shots):
     """(threads, gpu, mem_mb, runtime) of a batched job: the largest method's memory, the sum of
     its cells' run times (the same per-cell figures as `fit`)."""
     image = side == "images" and config["device"] != "cpu"
@@ -262,7 +269,7 @@ def batch_resources(protocol, side, methods):
         return max(cell_mem(m, wildcards.dataset) for m in methods)
 
     def runtime(wildcards):
-        return sum(cell_runtime(m, wildcards.dataset, k) for m, k, _ in batch_cells(protocol, methods))
+        return sum(cell_runtime(m, wildcards.dataset, k) for m, k, _ in batch_cells(protocol, methods, shots))
 
     return 4 if image else 1, 1 if image else 0, mem, runtime
 
