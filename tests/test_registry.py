@@ -46,7 +46,7 @@ def test_declarations_are_complete(name):
             needs = cls(hp).data_needs()  # answered from the hyper-parameters alone
             assert isinstance(needs, DataNeeds)
             if cls.trains:
-                assert needs.batch_size >= 1 and hp["epochs"] >= 1
+                assert needs.batch_size >= 1 and (hp["epochs"] >= 1 or hp.get("iters", 0) >= 1)  # a step budget
 
 
 @pytest.mark.parametrize("name", NAMES)

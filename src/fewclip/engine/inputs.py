@@ -6,7 +6,8 @@ training batches, from one of two input paths with the same shape.
 - `ImageInputs` (`needs = "images"`): the backbone runs inside training, so the method sees images.
   Train batches follow Dassl (SPEC §1, official-code-facts §1.0): RandomResizedCrop (the method's
   `crop_scale`, bicubic) + flip + CLIP normalisation, shuffled each epoch, `drop_last` when the
-  few-shot set holds at least one batch. The order and every image's augmentation are drawn from
+  few-shot set holds at least one batch (unless the method keeps every batch: `DataNeeds.drop_last`
+  False). The order and every image's augmentation are drawn from
   (seed, epoch, position), so an epoch's batches are the same whether the run was resumed or not
   and whatever the number of loader workers.
 
@@ -164,7 +165,7 @@ class FeatureInputs(_Inputs):
                            self.device, get_spec(spec.dataset), test, full_val)
 
     def batches(self, task: FeatureTask, needs: DataNeeds, seed: int):
-        return view_batches(task, needs.batch_size, seed, needs.drop_last)
+        return view_batches(task, needs.batch_size, seed, bool(needs.drop_last))
 
     def test(self, ds: Dataset, labels=None) -> Features:
         return keep_labels(self.store(ds).test(), labels)
@@ -241,13 +242,14 @@ class ImageInputs(_Inputs):
                          get_spec(spec.dataset))
 
     def batches(self, task: ImageTask, needs: DataNeeds, seed: int):
-        """`epoch -> iterable of (images, labels)` on the device (Dassl's train loader, in both
-        presets: the last incomplete batch is dropped when the set holds a full one)."""
+        """`epoch -> iterable of (images, labels)` on the device: Dassl's train loader (the last
+        incomplete batch is dropped when the set holds a full one), or every batch kept when the
+        method's `DataNeeds.drop_last` is False (an official loader with `drop_last=False`)."""
         from ..data.transforms import collate_normalized, train_transform
 
         items, ds = task.train.items, task.train.dataset
         batch_size = needs.batch_size
-        drop_last = dassl_drop_last(len(items), batch_size)
+        drop_last = needs.drop_last is not False and dassl_drop_last(len(items), batch_size)
         transform = train_transform(task.train.image_size, scale=tuple(needs.crop_scale), batched=True)
         device, workers = self.device, self.spec.workers
 

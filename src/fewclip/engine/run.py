@@ -126,7 +126,7 @@ def _result_base(spec: RunSpec, cls: type[Method], hp: dict, method: Method, man
     return {
         **spec.identity(), "method": cls.name, **shared,
         "trainable_params": sum(p.numel() for p in method.parameters() if p.requires_grad),
-        "epochs": int(hp.get("epochs", 0)) if cls.trains else 0, "train_seconds": train_seconds,
+        "epochs": int(train_stats.get("epochs", 0)) if cls.trains else 0, "train_seconds": train_seconds,
         "peak_mem_mb": peak_mem_mb(device), "hparams": hp, "selected": info, "train": train_stats,
         "short_classes": manifest.get("short_classes", {}), "val_is_test": manifest.get("val_is_test", False),
         "provenance": provenance(spec, manifest, backbone_sha, device), "status": "complete",

@@ -5,7 +5,14 @@ Methods provide `param_groups()` (each group may carry its own `lr` and `warmup_
 `loss(batch, epoch)`; the caller provides `batches(epoch)`, an iterable of batches already on
 the device. Schedules follow Dassl (SPEC §2): during warm-up the lr is a constant
 `warmup_lr`; afterwards a cosine over `epochs` restarts its count (WARMUP_RECOUNT), stepped per
-epoch; `schedule="cosine_iter"` anneals per iteration over all iterations.
+epoch; `schedule="cosine_iter"` anneals per iteration over all iterations. Both cosines end at
+`min_lr` (PyTorch's `eta_min`; 0 by default).
+
+A step budget (`iters` > 0) ends training after exactly that many optimiser steps, in the middle
+of an epoch if that is where it falls (the loop of code that counts iterations, not epochs:
+`while count < total_iters: for batch in loader: ...`); `epochs` then bounds the passes, 0 for no
+bound, and `cosine_iter` anneals over the `iters` steps (step t of T = iters), so the schedule
+never needs an epoch's length.
 
 Precision (`precision` hp; SPEC §2.2; the result's `train.precision` records what ran):
 - "fp16": **pure fp16**, the official code's `PREC fp16` (the Dassl prompt
@@ -52,6 +59,8 @@ class TrainConfig:
     schedule: str = "cosine_epoch"  # "cosine_epoch" | "cosine_iter" | "constant"
     warmup_epochs: int = 0
     warmup_lr: float = 1e-5
+    iters: int = 0  # a step budget: stop after this many optimiser steps (0: `epochs` passes)
+    min_lr: float = 0.0  # where the cosine schedules end (eta_min)
     precision: str = "auto"  # "auto" | "fp32" | "bf16" | "amp" | "fp16" (pure half): see the module doc
     identity: dict = field(default_factory=dict)  # what a resumable checkpoint must match
 
@@ -137,15 +146,21 @@ def _poisoned(what: str, epoch: int, it: int, checkpoint: Path | None, good_epoc
                         "learning rate (--set lr=...) or use precision fp32")
 
 
-def lr_at(base_lr: float, epoch: int, it: int, iters: int, cfg: TrainConfig, warmup_epochs: int) -> float:
+def lr_at(base_lr: float, epoch: int, it: int, iters: int, cfg: TrainConfig, warmup_epochs: int,
+          step: int | None = None) -> float:
+    """The lr of step `it` of `epoch` (`iters` steps per epoch; `step`: the steps taken before it,
+    read by `cosine_iter` under a step budget, where it defaults to epoch * iters + it)."""
     if epoch < warmup_epochs:
         return cfg.warmup_lr
     if cfg.schedule == "constant":
         return base_lr
     if cfg.schedule == "cosine_iter":
-        total = max(1, cfg.epochs * iters)
-        return 0.5 * base_lr * (1 + math.cos(math.pi * (epoch * iters + it) / total))
-    return 0.5 * base_lr * (1 + math.cos(math.pi * (epoch - warmup_epochs) / cfg.epochs))
+        if cfg.iters:  # over the step budget
+            t, total = epoch * iters + it if step is None else step, cfg.iters
+        else:
+            t, total = epoch * iters + it, max(1, cfg.epochs * iters)
+        return cfg.min_lr + 0.5 * (base_lr - cfg.min_lr) * (1 + math.cos(math.pi * t / total))
+    return cfg.min_lr + 0.5 * (base_lr - cfg.min_lr) * (1 + math.cos(math.pi * (epoch - warmup_epochs) / cfg.epochs))
 
 
 def _optimizer(groups, cfg: TrainConfig):
@@ -159,8 +174,12 @@ def _optimizer(groups, cfg: TrainConfig):
 def train(method, batches: Callable[[int], Iterable], cfg: TrainConfig, device: torch.device,
           checkpoint: Path | None = None, on_epoch_end: Callable[[int], None] | None = None,
           desc: str = "train") -> dict:
-    """Train `method` in place; returns {"epochs", "steps", "final_loss", "resumed_from",
-    "precision"}."""
+    """Train `method` in place; returns {"epochs" (the passes made), "steps", "final_loss",
+    "resumed_from", "precision"}."""
+    if cfg.epochs < 1 and cfg.iters < 1:
+        raise ConfigError("training needs epochs >= 1 or a step budget iters >= 1")
+    if cfg.epochs < 1 and cfg.schedule == "cosine_epoch":
+        raise ConfigError("schedule cosine_epoch anneals over `epochs`: set epochs >= 1 or use cosine_iter")
     precision = resolve_precision(cfg.precision, device)
     if precision.half:
         method.to_half()  # the method's own precision hook (fewclip.methods.base.Method.to_half)
@@ -176,10 +195,14 @@ def train(method, batches: Callable[[int], Iterable], cfg: TrainConfig, device: 
     resumed_from = start
 
     method.train()
-    for epoch in range(start, cfg.epochs):
+    epoch = start
+    while (not cfg.epochs or epoch < cfg.epochs) and (not cfg.iters or steps < cfg.iters):
         before = steps
         steps, last_loss = _epoch(method, batches, opt, scaler, precision, cfg, device, epoch, steps, desc,
                                   checkpoint, good_epoch)
+        if steps == before and not cfg.epochs:
+            raise FewclipError(f"epoch {epoch + 1} gave no training batch: the step budget iters={cfg.iters} "
+                               "can never be reached")
         if on_epoch_end is not None:
             method.eval()
             on_epoch_end(epoch)
@@ -188,8 +211,9 @@ def train(method, batches: Callable[[int], Iterable], cfg: TrainConfig, device: 
             _save(checkpoint, method, opt, scaler, cfg, device, epoch, steps, last_loss, good_epoch,
                   last_step=max(steps - before - 1, 0))
             good_epoch = epoch + 1
+        epoch += 1
     method.eval()
-    return {"epochs": cfg.epochs, "steps": steps, "final_loss": last_loss, "resumed_from": resumed_from,
+    return {"epochs": epoch, "steps": steps, "final_loss": last_loss, "resumed_from": resumed_from,
             "precision": precision.describe()}
 
 
@@ -215,15 +239,17 @@ def _epoch(method, batches, opt, scaler, precision: Precision, cfg: TrainConfig,
     from tqdm import tqdm
 
     dtype = precision.autocast
-    epoch_batches = list(batches(epoch)) if cfg.schedule == "cosine_iter" else batches(epoch)
-    iters = len(epoch_batches) if cfg.schedule == "cosine_iter" else 1
-    bar = tqdm(epoch_batches, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="batch")
+    per_epoch = cfg.schedule == "cosine_iter" and not cfg.iters  # the schedule needs the epoch's length
+    epoch_batches = list(batches(epoch)) if per_epoch else batches(epoch)
+    iters = len(epoch_batches) if per_epoch else 1
+    where = f"epoch {epoch + 1}/{cfg.epochs}" if cfg.epochs else f"epoch {epoch + 1}, from step {steps + 1}/{cfg.iters}"
+    bar = tqdm(epoch_batches, desc=f"{desc} {where}", leave=False, unit="batch")
     total, n = 0.0, 0
     for it, batch in enumerate(bar):
         if precision.half:
             batch = _half_batch(batch)
         for g in opt.param_groups:
-            g["lr"] = lr_at(g["base_lr"], epoch, it, iters, cfg, g["warmup_epochs"])
+            g["lr"] = lr_at(g["base_lr"], epoch, it, iters, cfg, g["warmup_epochs"], steps)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = method.loss(batch, epoch)
         if not torch.isfinite(loss):
@@ -237,6 +263,8 @@ def _epoch(method, batches, opt, scaler, precision: Precision, cfg: TrainConfig,
         steps += 1
         total, n = total + loss.item(), n + 1
         bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
+        if cfg.iters and steps >= cfg.iters:  # the step budget ends training, mid-epoch if it falls there
+            break
     return steps, total / max(n, 1)
 
 

@@ -126,9 +126,10 @@ class DataNeeds:
     official code's selection on test data (offered under the `official` preset only, and
     recorded in metrics.json). How it is fed: `templates` the hand-crafted text features in
     `task.classes` (a template set of fewclip.models.templates); `reads_raw` logits take the raw,
-    unnormalised features; `batch_size`, and `drop_last` (Dassl's rule: the last incomplete batch
-    is dropped when there is a full one) for feature methods (image methods always follow Dassl's
-    loader); `crop_scale` the train transform's RandomResizedCrop scale (image methods).
+    unnormalised features; `batch_size`; `drop_last`: True is Dassl's rule (the last incomplete
+    batch is dropped when there is a full one), False keeps every batch, None is the side's usual
+    loader (feature methods keep every batch, image methods follow Dassl's loader); `crop_scale`
+    the train transform's RandomResizedCrop scale (image methods).
     `fewshot_val`: what the method chooses on the manifest's few-shot val split and how a cell can
     do without it (one phrase, e.g. "it chooses the ratio r there; --set select_ratio=false trains
     the fixed ratio"); set, a cell whose few-shot val split is empty is refused before any work."""
@@ -139,7 +140,7 @@ class DataNeeds:
     test_for_selection: bool = False
     reads_raw: bool = False
     batch_size: int = 0
-    drop_last: bool = False
+    drop_last: bool | None = None
     crop_scale: tuple[float, float] = (0.08, 1.0)
     fewshot_val: str = ""
 
@@ -251,6 +252,7 @@ def _training_rules() -> dict[str, dict]:
     return {
         "epochs": {"min": 1}, "batch_size": {"min": 1}, "warmup_epochs": {"min": 0},
         "lr": {"above": 0}, "eps": {"above": 0}, "warmup_lr": {"min": 0}, "weight_decay": {"min": 0},
+        "iters": {"min": 0}, "min_lr": {"min": 0},
         "momentum": {"min": 0.0, "max": 1.0},
         "optimizer": {"choices": ("sgd", "adamw")},
         "schedule": {"choices": ("cosine_epoch", "cosine_iter", "constant")},
@@ -260,10 +262,14 @@ def _training_rules() -> dict[str, dict]:
 
 def train_hparams(**defaults) -> dict[str, HP]:
     """The training loop's keys (fewclip.engine.train.TrainConfig: epochs, lr, batch_size, optimizer,
-    momentum, weight_decay, eps, schedule, warmup_epochs, warmup_lr, precision) with their
-    defaults for one method, each with the loop's own range or choices."""
+    momentum, weight_decay, eps, schedule, warmup_epochs, warmup_lr, iters, min_lr, precision) with
+    their defaults for one method, each with the loop's own range or choices. A method with a step
+    budget (`iters`: training stops after that many steps) may leave `epochs` at 0 (no bound on the
+    passes); `check_hparams` should then refuse epochs = iters = 0."""
     rules = _training_rules()
     unknown = sorted(set(defaults) - set(rules))
     if unknown:
         raise TypeError(f"train_hparams: {', '.join(unknown)} are not training-loop keys ({', '.join(rules)})")
+    if "iters" in defaults:
+        rules["epochs"] = {"min": 0}
     return {key: HP(value, **rules[key]) for key, value in defaults.items()}
