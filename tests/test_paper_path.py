@@ -98,6 +98,16 @@ def expected(protocol, dataset, method, shots, preset) -> dict:
         # (W 8.0 from run.sh / the script, N_CTX 4, CSC False, end): one config in both, no ImageNet case
         return {"n_ctx": 4, "ctx_init": "a photo of a", "csc": False, "class_token_position": "end",
                 "kg_weight": 8.0, "epochs": 100, "lr": 0.002, "batch_size": 128, "warmup_epochs": 1, **DASSL_SGD}
+    if method == "clip_lora":
+        # MaxZanella/CLIP-LoRA run_utils.py defaults (r 2, alpha 1, dropout_rate 0.25, lr 2e-4, batch 32,
+        # n_iters 500) and lora.py (AdamW weight_decay 1e-2 since 37a196d, CosineAnnealingLR over
+        # n_iters * shots iterations to eta_min 1e-6, template[0] = 'a photo of a {}.' in every dataset
+        # file, fp16 autocast + GradScaler); main.py's RandomResizedCrop scale (0.08, 1)
+        return {"rank": 2, "alpha": 1.0, "dropout": 0.25, "lr": 2e-4, "batch_size": 32, "optimizer": "adamw",
+                "weight_decay": 1e-2, "eps": 1e-8, "schedule": "cosine_iter", "min_lr": 1e-6, "iters": 500 * shots,
+                "epochs": 0, "warmup_epochs": 0, "crop_scale_min": 0.08,
+                "template": "a photo of a {}." if preset == "official" else "",
+                "precision": "amp" if preset == "official" else "auto"}
     raise AssertionError(f"no expectation for {method}")
 
 
@@ -118,8 +128,8 @@ def test_paper_plan_matches_spec_cell_by_cell(paper_plans, preset):
     # few-shot: 11 datasets × 5 K × 3 seeds × (5 methods on RN50 + 6 on ViT-B-32) = 1815, + zero-shot
     # once per (backbone, dataset): 22 (its result depends on neither K nor the seed); base-to-new
     # 11 × 3 seeds × 6 + 11 zero-shot = 209; DG 6 × 3 + 1 = 19; KgCoOp's scripts on ViT-B-16: few-shot at
-    # 4 shots only (xd_train.sh) and base-to-new, 11 × 3 each
-    assert len(rows) == 1815 + 22 + 209 + 19 + 2 * 33 == 2131
+    # 4 shots only (xd_train.sh) and base-to-new, 11 × 3 each; CLIP-LoRA few-shot on ViT-B-16, 11 × 5 × 3
+    assert len(rows) == 1815 + 22 + 209 + 19 + 2 * 33 + 165 == 2296
     once = [r for r in rows if r["method"] == "zeroshot"]
     assert sorted((r["protocol"], r["backbone"], r["dataset"]) for r in once) == sorted(
         {(r["protocol"], r["backbone"], r["dataset"]) for r in rows if r["method"] == "coop"})
@@ -129,7 +139,7 @@ def test_paper_plan_matches_spec_cell_by_cell(paper_plans, preset):
     backbones = {"zeroshot": {"RN50", "ViT-B-32"}, "linear_probe": {"RN50", "ViT-B-32"}, "coop": {"RN50", "ViT-B-32"},
                  "clip_adapter": {"RN50"}, "tip_adapter": {"RN50"}, "tip_adapter_f": {"RN50"},
                  "cocoop": {"ViT-B-32"}, "vpt": {"ViT-B-32"}, "vlp": {"ViT-B-32"}, "dpt": {"ViT-B-32"},
-                 "kgcoop": {"ViT-B-16"}}
+                 "kgcoop": {"ViT-B-16"}, "clip_lora": {"ViT-B-16"}}
     wrong = []
     for r in rows:
         assert r["preset"] == preset and r["pretrained"] == "openai"
@@ -153,6 +163,9 @@ def test_paper_plan_matches_spec_cell_by_cell(paper_plans, preset):
     kg = [r for r in rows if r["method"] == "kgcoop"]
     assert {(r["protocol"], r["shots"]) for r in kg} == {("fewshot", 4), ("base2new", 16)}  # no DG script
     assert len(kg) == 2 * 11 * 3
+    lora = [r for r in rows if r["method"] == "clip_lora"]  # few-shot only, every K, one recipe
+    assert {(r["protocol"], r["shots"]) for r in lora} == {("fewshot", k) for k in (1, 2, 4, 8, 16)}
+    assert len(lora) == 11 * 5 * 3 and {r["hparams"]["iters"] for r in lora} == {500, 1000, 2000, 4000, 8000}
     assert {r["dataset"] for r in rows} == set(ELEVEN)
     assert {(r["protocol"], r["seed"]) for r in rows} >= {(p, s) for p in ("fewshot", "base2new", "dg") for s in (1, 2, 3)}
 
