@@ -244,7 +244,8 @@ def test_gda_means_covariance_precision_and_classifier():
     assert torch.equal(labels, r["vecs_labels"])
     mus = G.class_means(vecs, labels, 6)
     close(mus, r["mus"], 1e-7)
-    precision, argument = G.shrinkage_precision(vecs, labels, mus)
+    precision, argument, rank = G.shrinkage_precision(vecs, labels, mus)
+    assert rank == 64  # the shrinkage makes it full rank
     close(argument, r["pinv_argument"], TOL, relative_to_max=True)  # (n−1)·cov + tr(cov)·I
     close(precision, r["cov_inv"], TOL, relative_to_max=True)  # d · pinv(...)
     W, b = G.linear_head(mus, precision)
@@ -259,7 +260,7 @@ def test_gda_scatter_is_chunk_independent(monkeypatch):
     views = _norm(r["train_views_raw"])
     vecs, labels = views.reshape(-1, views.shape[-1]), r["train_labels"].repeat(views.shape[0])
     monkeypatch.setattr(G, "CHUNK", 7)
-    precision, _ = G.shrinkage_precision(vecs, labels, G.class_means(vecs, labels, 6))
+    precision, _, _ = G.shrinkage_precision(vecs, labels, G.class_means(vecs, labels, 6))
     close(precision, r["cov_inv"], TOL, relative_to_max=True)
 
 

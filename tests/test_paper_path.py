@@ -108,6 +108,23 @@ def expected(protocol, dataset, method, shots, preset) -> dict:
                 "epochs": 0, "warmup_epochs": 0, "crop_scale_min": 0.08,
                 "template": "a photo of a {}." if preset == "official" else "",
                 "precision": "amp" if preset == "official" else "auto"}
+    if method == "lpp":
+        # FereshteShakeri/FewShot-CLIP-Strong-Baseline configs/base.yaml (train_epoch 300) and
+        # methods/linear_probe_p2.py (α step when (epoch + 1) % 10 == 0, its .grad never zeroed, the
+        # latest epoch with val acc >= best, one augmented view per train image, fp16 on the GPU);
+        # datasets/imagenet.py: the 7-template ensemble for ImageNet
+        return {"epochs": 300, "alpha_every": 10, "alpha_grad": "accumulated", "views": 1, "select": "val",
+                "precision": "fp16" if preset == "official" else "fp32",
+                "templates": "ensemble7" if imagenet and preset == "official" else "dataset"}
+    if method == "gda":
+        # mrflogs/ICLR24 configs/{few_shots,base2new,robustness}/*.yaml (augment_epoch 10); main_few_shots.py
+        # (α grid, best_alpha 0.1; val = the full val split, ImageNet: the test set), main_base2new.py
+        # (pinv of the mean class covariance; k = 64 neighbours, 16 copies of the text weight)
+        split = ("test" if imagenet else "full_val") if preset == "official" else "fewshot_val"
+        return {"views": 10, "alphas": [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0], "default_alpha": 0.1,
+                "search_split": split, "estimator": "pooled" if protocol == "base2new" else "shrinkage",
+                "neighbours": 64, "text_copies": 16,
+                "templates": "ensemble7" if imagenet and preset == "official" else "dataset"}
     raise AssertionError(f"no expectation for {method}")
 
 
@@ -129,7 +146,8 @@ def test_paper_plan_matches_spec_cell_by_cell(paper_plans, preset):
     # once per (backbone, dataset): 22 (its result depends on neither K nor the seed); base-to-new
     # 11 × 3 seeds × 6 + 11 zero-shot = 209; DG 6 × 3 + 1 = 19; KgCoOp's scripts on ViT-B-16: few-shot at
     # 4 shots only (xd_train.sh) and base-to-new, 11 × 3 each; CLIP-LoRA few-shot on ViT-B-16, 11 × 5 × 3
-    assert len(rows) == 1815 + 22 + 209 + 19 + 2 * 33 + 165 == 2296
+    # LP++ and GDA on RN50 few-shot, 2 × 11 × 5 × 3; GDA base-to-new 11 × 3 and DG 3
+    assert len(rows) == 1815 + 22 + 209 + 19 + 2 * 33 + 165 + 366 == 2662
     once = [r for r in rows if r["method"] == "zeroshot"]
     assert sorted((r["protocol"], r["backbone"], r["dataset"]) for r in once) == sorted(
         {(r["protocol"], r["backbone"], r["dataset"]) for r in rows if r["method"] == "coop"})
@@ -140,6 +158,7 @@ def test_paper_plan_matches_spec_cell_by_cell(paper_plans, preset):
                  "clip_adapter": {"RN50"}, "tip_adapter": {"RN50"}, "tip_adapter_f": {"RN50"},
                  "cocoop": {"ViT-B-32"}, "vpt": {"ViT-B-32"}, "vlp": {"ViT-B-32"}, "dpt": {"ViT-B-32"},
                  "kgcoop": {"ViT-B-16"}, "clip_lora": {"ViT-B-16"}}
+    backbones.update(lpp={"RN50"}, gda={"RN50"})  # LP++'s and GDA's few-shot configs
     wrong = []
     for r in rows:
         assert r["preset"] == preset and r["pretrained"] == "openai"
@@ -166,6 +185,14 @@ def test_paper_plan_matches_spec_cell_by_cell(paper_plans, preset):
     lora = [r for r in rows if r["method"] == "clip_lora"]  # few-shot only, every K, one recipe
     assert {(r["protocol"], r["shots"]) for r in lora} == {("fewshot", k) for k in (1, 2, 4, 8, 16)}
     assert len(lora) == 11 * 5 * 3 and {r["hparams"]["iters"] for r in lora} == {500, 1000, 2000, 4000, 8000}
+    feature_2024 = {m: [r for r in rows if r["method"] == m] for m in ("lpp", "gda")}  # the 2024 feature-level baselines
+    assert {(r["protocol"], r["shots"]) for r in feature_2024["lpp"]} == {("fewshot", k) for k in (1, 2, 4, 8, 16)}
+    assert {(r["protocol"], r["backbone"]) for r in feature_2024["gda"]} == {
+        ("fewshot", "RN50"), ("base2new", "ViT-B-16"), ("dg", "ViT-B-16")}  # GDA's three main_*.py
+    assert [len(feature_2024[m]) for m in ("lpp", "gda")] == [11 * 5 * 3, 11 * 5 * 3 + 11 * 3 + 3]
+    assert {(r["protocol"], r["dataset"], r["hparams"]["search_split"]) for r in feature_2024["gda"]
+            if r["dataset"] == "imagenet"} == {(p, "imagenet", "test" if preset == "official" else "fewshot_val")
+                                               for p in ("fewshot", "base2new", "dg")}
     assert {r["dataset"] for r in rows} == set(ELEVEN)
     assert {(r["protocol"], r["seed"]) for r in rows} >= {(p, s) for p in ("fewshot", "base2new", "dg") for s in (1, 2, 3)}
 

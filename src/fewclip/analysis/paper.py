@@ -24,6 +24,7 @@ METHOD_KEYS = {
     "Tip-Adapter": "tip_adapter",
     "Tip-Adapter (training-free)": "tip_adapter",
     "Tip-Adapter-F": "tip_adapter_f",
+    "GDA": "gda",
 }
 
 # Published dataset name → normalised dataset key (see `norm_dataset`), where plain
@@ -49,6 +50,7 @@ METRIC_FIELDS = {
 METHOD_ORDER = [
     "zeroshot", "linear_probe", "coop", "cocoop", "clip_adapter",
     "tip_adapter", "tip_adapter_f", "vpt", "vlp", "dpt",
+    "lpp", "gda",
 ]
 
 

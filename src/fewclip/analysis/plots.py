@@ -17,7 +17,7 @@ from ..io import atomic_path
 from .paper import METHOD_ORDER
 
 # Marker shapes (matplotlib codes), filled and easy to tell apart at line-plot size.
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*", "d", "H", "8")
 # Colours a method outside METHOD_ORDER (a user's plugin) may get, picked by a hash of its name.
 OTHER_COLOURS = 64
 
@@ -39,7 +39,7 @@ def method_style(name: str) -> tuple[str, str]:
 
     The built-in methods, in `paper.METHOD_ORDER` (the tables' row order), take the fixed colours
     (tab10, then tab20's light shades) and MARKERS in that order, so no two built-ins share either
-    (up to 20 and 12 of them). Any other name takes one of OTHER_COLOURS evenly spaced HUSL hues and a
+    (up to 20 and 15 of them). Any other name takes one of OTHER_COLOURS evenly spaced HUSL hues and a
     marker from a SHA-256 of the name (not `hash()`, whose seed changes per process): stable across
     processes and grids, though two plugins may share a colour, and a plugin's hue may be near a built-in's."""
     builtin, other = _palettes()

@@ -66,7 +66,10 @@ def class_means(vecs: torch.Tensor, labels: torch.Tensor, n_classes: int) -> tor
     if bool((counts == 0).any()):
         raise ConfigError(f"gda: class {int(torch.nonzero(counts == 0)[0])} has no few-shot train image; "
                           "GDA estimates every class's mean from its images")
-    sums = torch.zeros(n_classes, vecs.shape[1], dtype=torch.float64).index_add_(0, labels, vecs.double())
+    sums = torch.zeros(n_classes, vecs.shape[1], dtype=torch.float64, device=vecs.device)
+    part = torch.zeros(n_classes, vecs.shape[1], dtype=torch.float32, device=vecs.device)
+    for r0 in range(0, vecs.shape[0], CHUNK):  # fp32 sums within a chunk, float64 across chunks
+        sums += part.zero_().index_add_(0, labels[r0 : r0 + CHUNK], vecs[r0 : r0 + CHUNK].float())
     return (sums / counts[:, None]).float()
 
 
@@ -84,26 +87,36 @@ def scatter(vecs: torch.Tensor, labels: torch.Tensor, mus: torch.Tensor, row_wei
     return out
 
 
-def pinv(a: torch.Tensor) -> torch.Tensor:
-    """Pseudo-inverse of a symmetric matrix with the official fp32 cut-off (d·eps_fp32 of the largest)."""
-    return torch.linalg.pinv(a, rtol=a.shape[-1] * RTOL, hermitian=True)
+def pinv(a: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(pseudo-inverse, rank) of a symmetric matrix, float64, with the official fp32 cut-off: eigenvalues
+    below d·eps_fp32 times the largest are dropped (scipy's eigh: torch's float64 eigh is far slower on
+    some CPUs)."""
+    import scipy.linalg
+
+    lam, vec = scipy.linalg.eigh(a.double().cpu().numpy())
+    keep = abs(lam) > a.shape[-1] * RTOL * abs(lam).max()
+    v = torch.from_numpy(vec[:, keep])
+    return ((v / torch.from_numpy(lam[keep])) @ v.t()).to(a.device), int(keep.sum())
 
 
-def shrinkage_precision(vecs, labels, mus) -> tuple[torch.Tensor, torch.Tensor]:
-    """(P = d·pinv(S + tr(S)/(n−1)·I) [d, d] fp32, its pinv argument) — main_few_shots.py's KS estimator."""
+def shrinkage_precision(vecs, labels, mus) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(P = d·pinv(S + tr(S)/(n−1)·I) [d, d] fp32, its pinv argument, its rank) — main_few_shots.py's
+    KS estimator."""
     n, d = vecs.shape
     s = scatter(vecs, labels, mus)
     arg = s + torch.trace(s) / (n - 1) * torch.eye(d, dtype=torch.float64, device=s.device)
-    return (d * pinv(arg)).float(), arg.float()
+    p, rank = pinv(arg)
+    return (d * p).float(), arg.float(), rank
 
 
-def pooled_precision(vecs, labels, mus) -> torch.Tensor:
-    """P = pinv(mean_c cov_c) [d, d] fp32 — main_base2new.py's base-class estimator."""
+def pooled_precision(vecs, labels, mus) -> tuple[torch.Tensor, int]:
+    """(P = pinv(mean_c cov_c) [d, d] fp32, its rank) — main_base2new.py's base-class estimator."""
     counts = torch.bincount(labels, minlength=mus.shape[0]).double()
     if bool((counts < 2).any()):
         raise ConfigError("gda estimator=pooled needs at least two views of every class (a class covariance); "
                           "raise views or use estimator=shrinkage")
-    return pinv(scatter(vecs, labels, mus, 1.0 / (counts - 1)) / mus.shape[0]).float()
+    p, rank = pinv(scatter(vecs, labels, mus, 1.0 / (counts - 1)) / mus.shape[0])
+    return p.float(), rank
 
 
 def linear_head(mus: torch.Tensor, precision: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,16 +158,20 @@ def unseen_head(vecs: torch.Tensor, text: torch.Tensor, k: int, copies: int, chu
     if k < 2:
         raise ConfigError("gda needs at least two train views to estimate an unseen class's covariance")
     idx = (text @ vecs.t()).topk(k, dim=1).indices  # [C, k]
-    mus, prec = [], torch.zeros(d, d, dtype=torch.float64, device=vecs.device)
-    eye = torch.eye(d, dtype=torch.float64, device=vecs.device)
+    mus, prec, shift = [], torch.zeros(d, d, dtype=torch.float64, device=vecs.device), 0.0
+    eye_k = torch.eye(k, dtype=torch.float64, device=vecs.device)
     for c0 in range(0, text.shape[0], chunk):
         w, nb = text[c0 : c0 + chunk], vecs[idx[c0 : c0 + chunk]]  # [c, d], [c, k, d]
         mus.append(torch.cat([nb, w[:, None].expand(-1, copies, -1)], 1).mean(1))
-        dev = (nb - w[:, None]).double()
-        s = dev.transpose(1, 2) @ dev  # (k−1)·S_w
-        tr = s.diagonal(dim1=1, dim2=2).sum(-1) / (k - 1)
-        # positive definite (tr > 0): the pseudo-inverse is the inverse
-        prec += (d * torch.linalg.inv(s + tr[:, None, None] * eye)).sum(0)
+        dev = (nb - w[:, None]).double()  # D_w [c, k, d]
+        tau = (dev * dev).sum((1, 2)) / (k - 1)  # tr(DᵀD)/(k−1) = tr(S_w)
+        # DᵀD + τI is positive definite (τ > 0): its pseudo-inverse is its inverse, by Woodbury
+        # (DᵀD + τI)⁻¹ = (I − Dᵀ(τI_k + DDᵀ)⁻¹D)/τ, a k×k solve per class instead of a d×d one
+        small = tau[:, None, None] * eye_k + dev @ dev.transpose(1, 2)
+        inner = dev.transpose(1, 2) @ torch.linalg.solve(small, dev)  # [c, d, d]
+        prec -= (d / tau[:, None, None] * inner).sum(0)
+        shift += float((d / tau).sum())
+    prec += shift * torch.eye(d, dtype=torch.float64, device=vecs.device)
     mu = torch.cat(mus).float()
     W, b = linear_head(mu, (prec / text.shape[0]).float())
     return mu, W, b
@@ -206,9 +223,9 @@ class GDA(Method):
         labels = task.train.labels.long().repeat(views.shape[0])
         mus = class_means(vecs, labels, n_classes)
         if self.hp["estimator"] == "pooled":
-            precision = pooled_precision(vecs, labels, mus)
+            precision, rank = pooled_precision(vecs, labels, mus)
         else:
-            precision, _ = shrinkage_precision(vecs, labels, mus)
+            precision, _, rank = shrinkage_precision(vecs, labels, mus)
         W, b = linear_head(mus, precision)
         self.register_buffer("W", W.to(task.device))
         self.register_buffer("b", b.to(task.device))
@@ -220,8 +237,7 @@ class GDA(Method):
             raise ConfigError(f"gda search_split {split!r} needs features the engine did not provide "
                               "('test' needs the official preset)")
         info = {"search_split": split, "estimator": self.hp["estimator"], "n_vectors": int(vecs.shape[0]),
-                "precision_rank": int(torch.linalg.matrix_rank(precision.double(), rtol=RTOL * precision.shape[0],
-                                                               hermitian=True))}
+                "precision_rank": rank}
         if len(feats.labels) == 0:
             alpha = float(self.hp["default_alpha"])
             info.update(search_split=f"none ({split} is empty; default α kept)")
