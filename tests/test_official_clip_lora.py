@@ -359,3 +359,49 @@ def test_a_step_budget_ends_training_mid_epoch():
     assert lrs == pytest.approx([0.01 + 0.045 * (1 + math.cos(math.pi * t / 7)) for t in range(7)], abs=1e-15)
     with pytest.raises(ConfigError, match="epochs >= 1 or a step budget"):
         train(Toy(), batches, TrainConfig(epochs=0, lr=0.1), CPU)
+
+
+def test_a_run_killed_mid_budget_resumes_to_the_same_result(tmp_path):
+    """A clip_lora cell whose 5-step budget ends in its second epoch (3 batches per epoch, the last
+    incomplete one kept), killed after epoch 1, resumes from its checkpoint to the same result."""
+    import warnings
+
+    from fewclip.data.fixtures import write_fixture
+    from fewclip.engine.run import RunSpec, run_cell
+
+    root = tmp_path / "data"
+    write_fixture("oxford_pets", root, n_classes=3, n_train=4, n_val=2, n_test=2)
+
+    def run(out):
+        spec = RunSpec(data_root=str(root), dataset="oxford_pets", method="clip_lora", backbone="fewclip-tiny-vit",
+                       pretrained="none", out=str(tmp_path / out), shots=2, seed=1,
+                       overrides={"iters": 5, "batch_size": 4, "lr": 0.01}, features=str(tmp_path / "features"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return run_cell(spec)
+
+    reference = run("uninterrupted")
+    assert reference["train"]["steps"] == 5 and reference["epochs"] == 3  # 2 + 2 + 1: 6 images in batches of 4
+    cls = get_method("clip_lora")
+
+    class Killed(Exception):
+        pass
+
+    def die(self, task, epoch):
+        if epoch == 1:
+            raise Killed
+
+    cls.epoch_end = die
+    try:
+        with pytest.raises(Killed):
+            run("resumed")
+    finally:
+        del cls.epoch_end
+    assert torch.load(tmp_path / "resumed" / "train_state.pt", weights_only=True)["steps"] == 2
+    resumed = run("resumed")
+    assert resumed["train"]["resumed_from"] == 1 and resumed["train"]["steps"] == 5 and resumed["epochs"] == 3
+    assert resumed["train"]["final_loss"] == pytest.approx(reference["train"]["final_loss"], abs=1e-6)
+    assert resumed["top1"] == reference["top1"]
+    got = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["state"]
+    want = torch.load(tmp_path / "uninterrupted" / "checkpoint.pt", weights_only=True)["state"]
+    assert set(got) == set(want) and all(torch.allclose(got[k], want[k], atol=1e-6, rtol=0) for k in want)
