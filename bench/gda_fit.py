@@ -80,9 +80,11 @@ def main(argv=None) -> dict:
     with torch.no_grad():
         acc = 100.0 * (method.logits(test, classes).argmax(1) == test_labels).float().mean().item()
 
-    out = {"classes": c, "shots": args.shots, "views": args.views, "dim": d, "vectors": int(views.shape[0] * views.shape[1]),
-           "test": int(len(test_labels)), "fit_seconds": fit, "fit_cpu_seconds": fit_cpu, "alpha": info["alpha"], "test_acc": acc,
-           "unseen_classes": c - half, "unseen_seconds": unseen, "unseen_cpu_seconds": unseen_cpu, "threads": torch.get_num_threads(),
+    out = {"classes": c, "shots": args.shots, "views": args.views, "dim": d,
+           "vectors": int(views.shape[0] * views.shape[1]), "test": int(len(test_labels)),
+           "fit_seconds": fit, "fit_cpu_seconds": fit_cpu, "alpha": info["alpha"], "test_acc": acc,
+           "unseen_classes": c - half, "unseen_seconds": unseen, "unseen_cpu_seconds": unseen_cpu,
+           "threads": torch.get_num_threads(),
            "machine": platform.platform(), "processor": platform.processor() or platform.machine(),
            "torch": torch.__version__}
     print(f"GDA fit (means, shrinkage precision, head, α search on {out['test']:,} test features): "

@@ -47,7 +47,8 @@ def _feats(raw, labels, prefix):
 
 def _classes(text_dc):
     """A ClassSet from the official [d, C] text weights."""
-    return ClassSet([f"c{i}" for i in range(text_dc.shape[1])], text_dc.t().contiguous(), torch.arange(text_dc.shape[1]))
+    n = text_dc.shape[1]
+    return ClassSet([f"c{i}" for i in range(n)], text_dc.t().contiguous(), torch.arange(n))
 
 
 # ---------------------------------------------------------------------------------------------- LP++
@@ -100,7 +101,8 @@ def test_lpp_first_steps_with_the_never_zeroed_alpha_gradient(lpp_run):
         close(got["grad"], step["alpha_grad_accum"][0], TOL, relative_to_max=True)  # the sum since epoch 0
         assert got["loss"] == pytest.approx(step["loss"], abs=TOL)
     # α moves only at epochs 10, 20, ... (1-based), with the accumulated gradient
-    assert torch.equal(epochs[8]["alpha"], epochs[0]["alpha"]) and not torch.equal(epochs[9]["alpha"], epochs[8]["alpha"])
+    assert torch.equal(epochs[8]["alpha"], epochs[0]["alpha"])
+    assert not torch.equal(epochs[9]["alpha"], epochs[8]["alpha"])
 
 
 def test_lpp_300_epochs_and_the_reporting_epoch(lpp_run):
@@ -154,7 +156,8 @@ def test_lpp_method_reproduces_the_official_run(monkeypatch, preset):
     acc = 100.0 * (logits.argmax(1) == r["test_labels"]).double().mean().item()
     if preset == "clean":
         assert not m.is_half and task.hp["precision"] == "fp32"
-        assert info["epoch_kept"] == r["final"]["best_epoch"] + 1 and info["lr_w"] == pytest.approx(r["lr"]["lr_w"], rel=TOL)
+        assert info["epoch_kept"] == r["final"]["best_epoch"] + 1
+        assert info["lr_w"] == pytest.approx(r["lr"]["lr_w"], rel=TOL)
         close(logits, r["final"]["logits_test"], TOL, relative_to_max=True)
         assert acc == r["final"]["acc_test"]
         return
@@ -366,3 +369,44 @@ def test_gda_bad_value_is_refused_before_any_work(cli, tmp_path):
                "--set", "neighbours=1")
     refused(proc, "neighbours=1", "2 or more")
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------- through the engine
+
+
+@pytest.fixture(scope="module")
+def pets(tmp_path_factory):
+    from fewclip.data.fixtures import write_fixture
+
+    root = tmp_path_factory.mktemp("data")
+    write_fixture("oxford_pets", root, n_classes=4, n_train=4, n_val=3, n_test=3)
+    return root
+
+
+def test_base_to_new_cells_gda_scores_new_classes_lpp_is_na(pets, tmp_path):
+    """One base-to-new cell each through `run_cell` on the tiny random CLIP: GDA's official cell uses
+    the pooled estimator and searches α on the base classes' full val split, and scores the new classes
+    with its unseen-class estimator; LP++ (a class-specific head, fp16 under official) is n/a there."""
+    import json
+
+    from fewclip.engine.run import RunSpec, run_cell
+
+    def cell(method, preset, **overrides):
+        out = tmp_path / f"{method}_{preset}"
+        spec = RunSpec(data_root=str(pets), dataset="oxford_pets", method=method, backbone="fewclip-tiny-vit",
+                       pretrained="none", out=str(out), shots=2, seed=1, preset=preset,
+                       features=str(tmp_path / "features"), overrides=overrides)
+        spec.protocol = "base2new"
+        return run_cell(spec), json.loads((out / "eval_new" / "metrics.json").read_text()), out
+
+    base, new, _ = cell("gda", "official")
+    assert base["hparams"]["estimator"] == "pooled" and base["selected"]["search_split"] == "full_val"
+    assert base["selected"]["search_n"] == 2 * 3  # the 2 base classes' whole val split
+    assert base["top1"] is not None and new["top1"] is not None and "na_reason" not in new
+    base, new, _ = cell("gda", "clean")
+    assert base["selected"]["search_split"] == "fewshot_val" and new["top1"] is not None
+    base, new, out = cell("lpp", "official", epochs=20)
+    assert base["top1"] is not None and new["top1"] is None and "unseen" in new["na_reason"]
+    assert 1 <= base["selected"]["epoch_kept"] <= 20 and base["trainable_params"] > 0
+    state = torch.load(out / "checkpoint.pt", weights_only=True)["state"]
+    assert {v.dtype for v in state.values()} == {torch.float16}

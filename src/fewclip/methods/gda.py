@@ -261,6 +261,7 @@ class GDA(Method):
                                   int(self.hp["text_copies"]))
         else:
             if len(idx) and int(idx.max()) >= self.W.shape[1]:
-                raise NotApplicable(f"gda: class index {int(idx.max())} is outside the {self.W.shape[1]} training classes")
+                raise NotApplicable(f"gda: class index {int(idx.max())} is outside the {self.W.shape[1]} "
+                                    "training classes")
             W, b = self.W[:, idx], self.b[idx]
         return gda_logits(x, text, W, b, float(self.alpha))

@@ -44,7 +44,7 @@ fewclip over their 200 classes. The head is class-specific: unseen classes are n
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -79,7 +79,8 @@ def init_classifier(x: torch.Tensor, y: torch.Tensor, text: torch.Tensor, n_clas
     counts = torch.bincount(y, minlength=n_classes)
     if bool((counts == 0).any()):
         missing = int(torch.nonzero(counts == 0)[0])
-        raise ConfigError(f"lpp: class {missing} has no few-shot train image; LP++ initialises every class from its images")
+        raise ConfigError(f"lpp: class {missing} has no few-shot train image; LP++ initialises every class "
+                          "from its images")
     sums = q(torch.zeros(n_classes, x.shape[1], dtype=x.dtype).index_add_(0, y, x))
     z = q(x @ text.t())  # [N, C]
     own = torch.zeros(n_classes, dtype=torch.float64).index_add_(0, y, z.gather(1, y[:, None])[:, 0].double())
@@ -111,10 +112,9 @@ class State:
     W: torch.Tensor
     b: torch.Tensor
     alpha: torch.Tensor  # [C]
-    alpha_grad: torch.Tensor = None  # what α's .grad holds (accumulated since epoch 0, officially)
+    alpha_grad: torch.Tensor | None = None  # what α's .grad holds (accumulated since epoch 0, officially)
     buf_W: torch.Tensor | None = None  # SGD momentum buffers (None before the first step)
     buf_b: torch.Tensor | None = None
-    history: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.alpha_grad is None:
@@ -246,7 +246,8 @@ class LPP(Method):
         if idx is None:
             raise NotApplicable("lpp: a class-specific head has no weights for unseen classes")
         if len(idx) and int(idx.max()) >= self.weight.shape[0]:
-            raise NotApplicable(f"lpp: class index {int(idx.max())} is outside the {self.weight.shape[0]} training classes")
+            raise NotApplicable(f"lpp: class index {int(idx.max())} is outside the {self.weight.shape[0]} "
+                                "training classes")
         q = self._q()
         x, text = q(x.float()), q(classes.text_features.float())
         return blend(x, q(x @ text.t()), self.weight[idx].float(), self.bias[idx].float(), self.alpha[idx].float(), q)
