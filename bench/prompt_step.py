@@ -6,9 +6,9 @@
 
 For coop, kgcoop (when registered), maple, promptsrc and vpt, each with its base-to-new settings
 (random init: `--pretrained none`), one optimisation step (forward + backward + SGD) on a random
-batch, the best of --steps after one warm-up step (one CPU thread by default). The deep-prompt methods run both towers with
-their prompts; promptsrc also runs the frozen image encoder for its regularisers. Depths beyond the
-model's layers prompt every layer (9 of ViT-B/16's 12).
+batch, the best of --steps after one warm-up step (one CPU thread by default). The deep-prompt
+methods run both towers with their prompts; promptsrc also runs the frozen image encoder for its
+regularisers. Depths beyond the model's layers prompt every layer (9 of ViT-B/16's 12).
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ TIP = {"imagenet": (1.17, 7, 3), "caltech101": (3, 12, 5), "oxford_pets": (1.17,
        "ucf101": (3, 7, 3)}
 DASSL_SGD = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "warmup_lr": 1e-5,
              "schedule": "cosine_epoch", "crop_scale_min": 0.08}
-PROMPT_METHODS = ("coop", "cocoop", "vpt", "vlp", "dpt", "kgcoop")  # the official code trains them in pure fp16
+# the official code trains them in pure fp16
+PROMPT_METHODS = ("coop", "cocoop", "vpt", "vlp", "dpt", "kgcoop", "maple", "promptsrc")
 
 
 def coop_epochs(dataset, shots):  # COOP.md: rn50_ep50 / rn50_ep100 / rn50; ImageNet *_ep50 for all
@@ -108,6 +109,25 @@ def expected(protocol, dataset, method, shots, preset) -> dict:
                 "epochs": 0, "warmup_epochs": 0, "crop_scale_min": 0.08,
                 "template": "a photo of a {}." if preset == "official" else "",
                 "precision": "amp" if preset == "official" else "auto"}
+    if method == "maple":  # multimodal-prompt-learning configs/trainers/MaPLe/*.yaml + scripts/maple/*.sh
+        out = {"n_ctx": 2, "ctx_init": "a photo of a", "init_std": 0.02, "batch_size": 4, "warmup_epochs": 1,
+               **DASSL_SGD}
+        if protocol == "dg":  # xd_train_maple.sh: vit_b16_c2_ep5_batch4_2ctx_cross_datasets, --load-epoch 2
+            return {**out, "prompt_depth": 3, "lr": 0.0026, "epochs": 2}
+        return {**out, "prompt_depth": 9, "lr": 0.0035, "epochs": 5}  # vit_b16_c2_ep5_batch4_2ctx, --load-epoch 5
+    if method == "promptsrc":  # PromptSRC configs/trainers/PromptSRC/*.yaml + scripts/promptsrc/*.sh
+        out = {"n_ctx": 4, "n_ctx_vision": 4, "ctx_init": "a photo of a", "init_std": 0.02, "text_loss_weight": 25.0,
+               "image_loss_weight": 10.0, "lr": 0.0025, "batch_size": 4, "warmup_epochs": 1, **DASSL_SGD}
+        if protocol == "base2new":  # base2new_train.sh: vit_b16_c2_ep20_batch4_4+4ctx, --load-epoch 20
+            return {**out, "epochs": 20, "prompt_depth_text": 9, "prompt_depth_vision": 9, "gpa_mean": 15.0,
+                    "gpa_std": 1.0}
+        if protocol == "dg":  # reproduce_xd.sh: vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets, --load-epoch 20
+            return {**out, "epochs": 20, "prompt_depth_text": 3, "prompt_depth_vision": 3, "gpa_mean": 6.0,
+                    "gpa_std": 10.0}
+        # few_shot.sh: vit_b16_c2_ep50_batch4_4+4ctx_few_shot; GPA 30/30, the yaml's comment: 45/5 for these five
+        late = dataset in ("stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat")
+        return {**out, "epochs": 50, "prompt_depth_text": 9, "prompt_depth_vision": 9,
+                "gpa_mean": 45.0 if late else 30.0, "gpa_std": 5.0 if late else 30.0}
     if method == "lpp":
         # FereshteShakeri/FewShot-CLIP-Strong-Baseline configs/base.yaml (train_epoch 300) and
         # methods/linear_probe_p2.py (α step when (epoch + 1) % 10 == 0, its .grad never zeroed, the
@@ -145,9 +165,10 @@ def test_paper_plan_matches_spec_cell_by_cell(paper_plans, preset):
     # few-shot: 11 datasets × 5 K × 3 seeds × (5 methods on RN50 + 6 on ViT-B-32) = 1815, + zero-shot
     # once per (backbone, dataset): 22 (its result depends on neither K nor the seed); base-to-new
     # 11 × 3 seeds × 6 + 11 zero-shot = 209; DG 6 × 3 + 1 = 19; KgCoOp's scripts on ViT-B-16: few-shot at
-    # 4 shots only (xd_train.sh) and base-to-new, 11 × 3 each; CLIP-LoRA few-shot on ViT-B-16, 11 × 5 × 3
+    # 4 shots only (xd_train.sh) and base-to-new, 11 × 3 each; CLIP-LoRA few-shot on ViT-B-16, 11 × 5 × 3;
+    # MaPLe and PromptSRC base-to-new 2 × 33 and DG 2 × 3, PromptSRC few-shot 11 × 5 × 3
     # LP++ and GDA on RN50 few-shot, 2 × 11 × 5 × 3; GDA base-to-new 11 × 3 and DG 3
-    assert len(rows) == 1815 + 22 + 209 + 19 + 2 * 33 + 165 + 366 == 2662
+    assert len(rows) == 1815 + 22 + 209 + 19 + 2 * 33 + 165 + 2 * 33 + 2 * 3 + 165 + 366 == 2899
     once = [r for r in rows if r["method"] == "zeroshot"]
     assert sorted((r["protocol"], r["backbone"], r["dataset"]) for r in once) == sorted(
         {(r["protocol"], r["backbone"], r["dataset"]) for r in rows if r["method"] == "coop"})
@@ -157,7 +178,7 @@ def test_paper_plan_matches_spec_cell_by_cell(paper_plans, preset):
     backbones = {"zeroshot": {"RN50", "ViT-B-32"}, "linear_probe": {"RN50", "ViT-B-32"}, "coop": {"RN50", "ViT-B-32"},
                  "clip_adapter": {"RN50"}, "tip_adapter": {"RN50"}, "tip_adapter_f": {"RN50"},
                  "cocoop": {"ViT-B-32"}, "vpt": {"ViT-B-32"}, "vlp": {"ViT-B-32"}, "dpt": {"ViT-B-32"},
-                 "kgcoop": {"ViT-B-16"}, "clip_lora": {"ViT-B-16"}}
+                 "kgcoop": {"ViT-B-16"}, "clip_lora": {"ViT-B-16"}, "promptsrc": {"ViT-B-16"}}
     backbones.update(lpp={"RN50"}, gda={"RN50"})  # LP++'s and GDA's few-shot configs
     wrong = []
     for r in rows:
@@ -185,6 +206,9 @@ def test_paper_plan_matches_spec_cell_by_cell(paper_plans, preset):
     lora = [r for r in rows if r["method"] == "clip_lora"]  # few-shot only, every K, one recipe
     assert {(r["protocol"], r["shots"]) for r in lora} == {("fewshot", k) for k in (1, 2, 4, 8, 16)}
     assert len(lora) == 11 * 5 * 3 and {r["hparams"]["iters"] for r in lora} == {500, 1000, 2000, 4000, 8000}
+    deep = {m: {(r["protocol"], r["shots"]) for r in rows if r["method"] == m} for m in ("maple", "promptsrc")}
+    assert deep["maple"] == {("base2new", 16), ("dg", 16)}  # MaPLe ships no few-shot config
+    assert deep["promptsrc"] == {("base2new", 16), ("dg", 16)} | {("fewshot", k) for k in (1, 2, 4, 8, 16)}
     feature_2024 = {m: [r for r in rows if r["method"] == m] for m in ("lpp", "gda")}  # the 2024 feature-level baselines
     assert {(r["protocol"], r["shots"]) for r in feature_2024["lpp"]} == {("fewshot", k) for k in (1, 2, 4, 8, 16)}
     assert {(r["protocol"], r["backbone"]) for r in feature_2024["gda"]} == {
