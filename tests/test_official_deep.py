@@ -396,3 +396,52 @@ def test_bad_values_are_refused_before_any_work(name, bad, key, tmp_path, cli):
                                    "runs": [{"backbone": "tiny", "methods": [name]}]}}}))
     proc = cli("plan", "--configfile", cfg)
     assert proc.returncode != 0 and key in proc.stderr and "Traceback" not in proc.stderr
+
+
+class Killed(Exception):
+    """Stands for the process dying between an epoch's end and its checkpoint."""
+
+
+def test_promptsrc_killed_run_resumes_to_the_same_aggregate(tmp_path, monkeypatch):
+    """The official GPA sum and step counter live outside the checkpoint, so a resumed official run
+    never loads its aggregate; fewclip's sum is a buffer of the training state: a run killed in its
+    second epoch resumes to the uninterrupted run's aggregate and predictions."""
+    import warnings
+
+    from fewclip.data.fixtures import write_fixture
+    from fewclip.engine.run import RunSpec, run_cell
+
+    root = tmp_path / "data"
+    write_fixture("oxford_pets", root, n_classes=3, n_train=4, n_val=2, n_test=2)
+
+    def run(out):
+        spec = RunSpec(data_root=str(root), dataset="oxford_pets", method="promptsrc", backbone="fewclip-tiny-vit",
+                       pretrained="none", out=str(tmp_path / out), shots=2, seed=1, features=str(tmp_path / "f"),
+                       overrides={"epochs": 3, "batch_size": 2, "gpa_mean": 2.0, "gpa_std": 1.0})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return run_cell(spec)
+
+    reference = run("uninterrupted")
+    cls = get_method("promptsrc")
+    original = cls.epoch_end
+
+    def die(self, task, epoch):
+        if epoch == 1:
+            raise Killed
+        original(self, task, epoch)
+
+    monkeypatch.setattr(cls, "epoch_end", die)
+    with pytest.raises(Killed):
+        run("resumed")
+    state = torch.load(tmp_path / "resumed" / "train_state.pt", weights_only=True)
+    assert state["epoch"] == 0 and any(k.startswith("gpa.") for k in state["method"])  # epoch 1's share is saved
+    monkeypatch.setattr(cls, "epoch_end", original)
+    resumed = run("resumed")
+    assert resumed["train"]["resumed_from"] == 1 and resumed["top1"] == reference["top1"]
+    assert resumed["selected"]["gpa_weights"] == reference["selected"]["gpa_weights"]
+    got = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["state"]
+    want = torch.load(tmp_path / "uninterrupted" / "checkpoint.pt", weights_only=True)["state"]
+    assert set(got) == set(want) == set(PROMPTSRC.values())  # the learned tensors only, no running sum
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=1e-6, rtol=0)
