@@ -162,6 +162,8 @@ class PromptSRC(DeepPromptMethod):
 
     def to_half(self) -> None:
         super().to_half()
+        if self.gpa is None:
+            return
         for (name, buf), p in zip(list(self.gpa.named_buffers()), self.learned()):
             setattr(self.gpa, name, buf.to(p.dtype))  # the running sum in each tensor's own dtype
 

@@ -315,6 +315,9 @@ def encode_image_deep(visual, images: torch.Tensor, shallow: torch.Tensor | None
     - before layer i >= 1, the last n tokens are REPLACED by deep[i-1] [n, w] where there is one;
       in the layers after the last deep prompt the previous layer's outputs at those positions
       go on through the remaining layers (they are never dropped). Pooled at the CLS token."""
+    deep = list(deep or [])
+    if any(t is not None for t in deep) and (shallow is None or not shallow.shape[0]):
+        raise FewclipError("deep vision prompts replace the shallow prompt's tokens: give a shallow prompt")
     x = visual.conv1(images)
     x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
     B, T = x.shape[0], x.shape[1] + 1
@@ -325,7 +328,6 @@ def encode_image_deep(visual, images: torch.Tensor, shallow: torch.Tensor | None
         x = torch.cat([x, shallow.to(x.dtype).unsqueeze(0).expand(B, -1, -1)], dim=1)
     x = visual.ln_pre(x)
     batch_first = getattr(visual.transformer, "batch_first", True)
-    deep = list(deep or [])
     for i, blk in enumerate(visual.transformer.resblocks):
         if 1 <= i <= len(deep) and deep[i - 1] is not None:
             tokens = deep[i - 1].to(x.dtype)
