@@ -309,9 +309,10 @@ def test_official_precision_is_fp16_autocast_with_a_grad_scaler(vit, r):
 def test_bad_values_are_refused_before_any_work(cli, tmp_path):
     with pytest.raises(ConfigError) as err:
         resolve_hparams(get_method("clip_lora"), "dtd", 4, "official",
-                        {"rank": 0, "dropout": 1.5, "template": "a photo", "iters": -1, "min_lr": 1.0})
+                        {"rank": 0, "dropout": 1.5, "template": "a photo", "iters": -1, "min_lr": 1.0,
+                         "precision": "fp16"})
     for words in ("rank=0 (must be at least 1)", "dropout=1.5 (must be between 0 and 1)", "template='a photo'",
-                  "iters=-1", "min_lr=1.0 (must not exceed lr=0.0002)"):
+                  "iters=-1", "min_lr=1.0 (must not exceed lr=0.0002)", "precision='fp16' (valid: auto, fp32"):
         assert words in str(err.value)
     with pytest.raises(ConfigError, match="epochs=0 with iters=0"):
         resolve_hparams(get_method("clip_lora"), "dtd", 4, "clean", {"iters": 0})

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..constants import PRECISIONS
 from ..errors import FewclipError
 from ..models.backbone import LOGIT_SCALE
 from ..models.templates import prompt_texts
@@ -142,6 +143,8 @@ class CLIPLoRA(PromptMethod):
         # epochs 0: no bound on the passes, the step budget `iters` (500 x K, defaults_for) ends training
         **train_hparams(epochs=0, iters=N_ITERS, lr=2e-4, batch_size=32, optimizer="adamw", weight_decay=1e-2,
                         eps=1e-8, schedule="cosine_iter", min_lr=1e-6, warmup_epochs=0, precision="auto"),
+        # no pure fp16: the official LoRA tensors and AdamW state are fp32 (eps 1e-8 is 0 in half)
+        "precision": HP("auto", choices=tuple(p for p in PRECISIONS if p != "fp16")),
     }
     presets = {"official": {"template": OFFICIAL_TEMPLATE, "precision": "amp"}}
 
@@ -262,8 +265,3 @@ class CLIPLoRA(PromptMethod):
 
     def logits(self, x, classes: ClassSet):
         return self.scores(self.image_features(x), self.text_features(classes))
-
-    def to_half(self) -> None:
-        """Pure fp16 (precision "fp16", not an official choice): a half CLIP copy and half LoRA tensors."""
-        self._tokens = {}
-        super().to_half()
