@@ -1,6 +1,7 @@
-"""CLIP-LoRA (Zanella & Ben Ayed, CVPRW 2024; MaxZanella/CLIP-LoRA @ 358f0d7): low-rank adapters on
-the query, key and value projections of every attention layer of both towers, one recipe for every
-dataset and shot count.
+"""CLIP-LoRA: low-rank adapters on q, k, v of every attention layer of both towers (Zanella & Ben Ayed, CVPRW 2024).
+
+The official code, MaxZanella/CLIP-LoRA @ 358f0d7 (2024-10-14), trains one recipe for every dataset and
+shot count.
 
 The math, as the official code computes it (`loralib/layers.py` LinearLoRA and
 PlainMultiheadAttentionLoRA, `lora.py` run_lora, `run_utils.py` defaults):
