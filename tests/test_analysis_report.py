@@ -92,7 +92,7 @@ def test_paper_vs_ours_has_every_published_row(built):
     assert row["ci_low"] <= row["ours"] <= row["ci_high"] and row["boot_low"] <= row["boot_high"]
     b2n = pvo[(pvo["method"] == "CoCoOp") & (pvo["split"] == "H") & (pvo["dataset"] == "Average(11)")]
     assert (b2n["note"] == "ours has 2/11 datasets").all()  # never an average over fewer datasets than published
-    assert (pvo[pvo["method"] == "MaPLe"]["note"] == "no fewclip method").all()
+    assert (pvo[pvo["method"] == "ProDA"]["note"] == "no fewclip method").all()
 
 
 def test_partial_grid_degrades_gracefully(tmp_path):

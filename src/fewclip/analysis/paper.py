@@ -25,6 +25,9 @@ METHOD_KEYS = {
     "Tip-Adapter (training-free)": "tip_adapter",
     "Tip-Adapter-F": "tip_adapter_f",
     "GDA": "gda",
+    "KgCoOp": "kgcoop",
+    "MaPLe": "maple",
+    "MaPLe (5 ep)": "maple",  # MaPLe's README base-to-novel row: its official 5-epoch recipe
 }
 
 # Published dataset name → normalised dataset key (see `norm_dataset`), where plain
@@ -50,7 +53,7 @@ METRIC_FIELDS = {
 METHOD_ORDER = [
     "zeroshot", "linear_probe", "coop", "cocoop", "clip_adapter",
     "tip_adapter", "tip_adapter_f", "vpt", "vlp", "dpt",
-    "lpp", "gda",
+    "kgcoop", "maple", "promptsrc", "clip_lora", "lpp", "gda",
 ]
 
 

@@ -17,7 +17,7 @@ from ..io import atomic_path
 from .paper import METHOD_ORDER
 
 # Marker shapes (matplotlib codes), filled and easy to tell apart at line-plot size.
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*", "d", "H", "8")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*", "d", "H", "8", "+")
 # Colours a method outside METHOD_ORDER (a user's plugin) may get, picked by a hash of its name.
 OTHER_COLOURS = 64
 
