@@ -173,4 +173,4 @@ def test_the_paper_grid_batched_runs_each_of_its_cells_once(tmp_path, fixture_ro
     assert stats["fit_batch_fewshot_ViT_B_32_images"] == 11 and stats["fit_batch_dg_ViT_B_16_images"] == 1
     assert stats["fit_batch_fewshot_ViT_B_16_images_k4"] == 11  # a run with its own K: KgCoOp's 4-shot one
     ran = _batched_cells(out, image_methods())
-    assert ran == _planned(paper) and len(ran) == 2131
+    assert ran == _planned(paper) and len(ran) == 2899

@@ -189,8 +189,8 @@ def test_methods_lists_the_registry():
 # The methods that ship with fewclip: the one hand-written list of them (everything else, the
 # workflow included, reads the registry).
 BUILTIN_METHODS = {"zeroshot", "linear_probe", "coop", "cocoop", "clip_adapter", "tip_adapter",
-                   "tip_adapter_f", "vpt", "vlp", "dpt"}
-IMAGE_ENCODER_METHODS = {"coop", "cocoop", "vpt", "vlp", "dpt"}  # needs = "images"
+                   "tip_adapter_f", "vpt", "vlp", "dpt", "kgcoop", "maple", "promptsrc", "clip_lora", "lpp", "gda"}
+IMAGE_ENCODER_METHODS = {"coop", "cocoop", "vpt", "vlp", "dpt", "kgcoop", "maple", "promptsrc", "clip_lora"}  # needs = "images"
 
 
 def test_builtin_method_names_match_the_registry(monkeypatch):

@@ -62,7 +62,7 @@ def test_the_paper_config_scores_cocoops_table_2_with_the_dg_models():
     config = check_config(read_config([REPO / "config" / "paper.yaml"]))
     planned = plan(config)
     dg = [p for p in planned if p.cell.protocol == "dg"]
-    assert len(dg) == 19 and len({(p.cell.method, p.cell.seed) for p in dg}) == 19
+    assert len(dg) == 28 and len({(p.cell.method, p.cell.seed) for p in dg}) == 28  # + MaPLe, PromptSRC, GDA x 3 seeds
     assert {p.cell.shots for p in dg} == {16} and {p.cell.backbone for p in dg} == {"ViT-B-16"}
     assert {"zeroshot", "coop", "cocoop", "clip_adapter"} <= {p.cell.method for p in dg}
     for p in dg:
