@@ -289,6 +289,10 @@ def plan(config: dict) -> list[PlannedCell]:
                     f"{cell.method} reads {views[key]} (its hyper-parameter views); raise `views` to "
                     f"{views[key]} or set method_params.{cell.method}.views")
         bb = config["backbones"][cell.backbone]
+        problem = get_method(cell.method).tower_problem(bb["model"])
+        if problem:
+            raise ConfigError(f"config key protocols.{cell.protocol}.runs (backbone {cell.backbone}, method "
+                              f"{cell.method}): {problem}")
         out.append(PlannedCell(cell, bb["pretrained"], bb["model"], config["preset"], resolved[key], views[key]))
     for m, overrides in params.items():  # settings of a method outside the grid are still checked
         if not any(p.cell.method == m for p in out):

@@ -1,5 +1,6 @@
 """Few-shot artifacts: tables/fewshot_<backbone>_<K>shot (+ _long), figures/fewshot_curves_<backbone>,
-the Wilcoxon/Friedman/Nemenyi statistics with figures/cd_fewshot_*, and plots/fewshot_curves.csv."""
+tables/backbones_<K>shot (backbone x method averages, with several backbones), the
+Wilcoxon/Friedman/Nemenyi statistics with figures/cd_fewshot_*, and plots/fewshot_curves.csv."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def write(res: Results, marks: Marks) -> None:
         res.note("No few-shot runs: few-shot tables, shot curves and CD diagrams skipped.")
         _write_curve_data(res, [])
         return
-    wil, fri = [], []
+    wil, fri, averages = [], [], []
     for (bk, backbone, k), cells in fs.groupby(["backbone_key", "backbone", "shots"]):
         datasets = sorted(cells["dataset"].unique())
         methods = res.methods(cells)
@@ -41,6 +42,8 @@ def write(res: Results, marks: Marks) -> None:
                 continue
             avg = per_seed.dropna(axis=0).mean(axis=1)  # seeds with every dataset
             display.loc[m, "Average"] = fmt_mean_std(avg.mean(), avg.std(), len(avg), n_max)
+            averages.append({"backbone": bk, "shots": k, "method": m, "mean": avg.mean(), "std": avg.std(),
+                             "n": len(avg), "n_max": n_max, "datasets": tuple(datasets)})
             long_rows.append({"method": m, "dataset": "Average", "mean": avg.mean(), "std": avg.std(), "n_seeds": len(avg),
                               "per_seed": per_seed_text(avg)})
         display = display.fillna("—")
@@ -54,7 +57,31 @@ def write(res: Results, marks: Marks) -> None:
     write_stats(res, holm_by_family(pd.DataFrame(wil)), "wilcoxon_across_datasets",
                 "Wilcoxon signed-rank across datasets on seed means, method vs baseline (Holm within each table's family)")
     write_stats(res, pd.DataFrame([f for f in fri if f]), "friedman", "Friedman test over methods with datasets as blocks")
+    _backbone_summary(res, pd.DataFrame(averages))
     _shot_curves(res)
+
+
+def _backbone_summary(res: Results, averages: pd.DataFrame) -> None:
+    """tables/backbones_<K>shot: backbone x method, each cell the average over the datasets
+    (mean ± std over seeds), when the report holds several backbones (config/backbones.yaml)."""
+    if averages.empty or averages["backbone"].nunique() < 2:
+        return
+    for k, rows in averages.groupby("shots"):
+        sets = rows.groupby("backbone")["datasets"].first()
+        same = sets.nunique() == 1
+        table = rows.pivot(index="backbone", columns="method", values="mean")
+        display = pd.DataFrame(index=list(sets.index), columns=res.methods(rows), dtype=object)
+        for r in rows.to_dict("records"):
+            display.loc[r["backbone"], r["method"]] = fmt_mean_std(r["mean"], r["std"], r["n"], r["n_max"])
+        if not same:  # averages over different dataset lists are not comparable: say how many each has
+            display.insert(0, "datasets", [len(sets[b]) for b in display.index])
+        display = display.fillna("—")
+        where = f"the {len(sets.iloc[0])} datasets" if same else "each backbone's datasets (column datasets)"
+        stem = f"tables/backbones_{k}shot"
+        res.write(display, stem, caption=f"Few-shot top-1 (%), average over {where}, {k} shots: backbone x method")
+        res.show("backbones", f"backbone x method, {k} shot{'' if k == 1 else 's'}", table=stem)
+        res.write(table.reset_index(), stem + "_long", index=False,
+                  caption=f"Few-shot top-1 averages (numbers), {k} shots: backbone x method")
 
 
 def _friedman(res: Results, means: pd.DataFrame, bk: str, backbone: str, k: int) -> dict:

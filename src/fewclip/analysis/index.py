@@ -1,7 +1,7 @@
 """reports/README.md: the page a researcher reads first.
 
 Results in the order of a paper's results section: few-shot tables per shot count with the
-1–16-shot curves, base-to-new, domain generalization, cross-dataset transfer, efficiency, a
+1–16-shot curves, the backbone × method summary (several backbones), base-to-new, domain generalization, cross-dataset transfer, efficiency, a
 summary of the significance tests, paper-vs-ours, then the legend, notes and the index of every file. Tables are copied in
 from their .md files; every link is relative to reports/, so it works on GitHub and in the
 folder `dvc repro` writes.
@@ -24,7 +24,8 @@ def write(res: Results) -> None:
              f"Built by `fewclip report` from {n_cells} runs ({len(res.df)} evaluations). Accuracy is top-1 (%), "
              "mean ± std over seeds; the marks are explained under [Legend](#legend), and every file is listed "
              "under [Files](#files).", ""]
-    lines += _fewshot(res) + _section(res, "base2new", "Base-to-new generalization") + _section(res, "dg", "Domain generalization")
+    lines += _fewshot(res) + _section(res, "backbones", "Backbones side by side")
+    lines += _section(res, "base2new", "Base-to-new generalization") + _section(res, "dg", "Domain generalization")
     lines += _section(res, CROSS_DATASET, "Cross-dataset transfer")
     lines += _efficiency(res) + _significance(res) + _paper(res)
     lines += ["## Legend", "", legend(res.baselines), "",

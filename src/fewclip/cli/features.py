@@ -42,6 +42,7 @@ def cmd_encode(args) -> int:
     if not args.views_only:
         for t in args.templates:
             store.text(t)
+        store.logit_head()  # the fits read it (feature-level methods never load the model)
         store.test()
     train, every = [], []
     for path in args.manifests:

@@ -58,6 +58,9 @@ def validate_spec(spec: RunSpec) -> Checked:
         raise ConfigError(f"--eval {' '.join(spec.evals)}: evaluation targets are for --protocol dg "
                           f"(this cell is --protocol {spec.protocol}); drop --eval or use --protocol dg")
     _check_cross_dataset(spec)
+    problem = cls.tower_problem(spec.backbone)
+    if problem:
+        raise ConfigError(f"--method {spec.method} --backbone {spec.backbone}: {problem}")
     hp = resolve_hparams(cls, spec.dataset, spec.shots, spec.preset, spec.overrides, spec.protocol)
     if spec.expect_hparams and sha256_json(hp) != spec.expect_hparams:
         raise ConfigError(

@@ -31,7 +31,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..models.backbone import LOGIT_SCALE
 from ..models.prompts import TextPrompts, encode_image_deep, encode_prompts, require_vit, text_width, vit_dims
 from ._prompt import SGD_HPARAMS, PromptMethod
 from .base import HP, ClassSet
@@ -54,6 +53,7 @@ def deep_prompts(n_layers: int, n: int, width: int, std: float, device) -> nn.Pa
 
 
 class DeepPromptMethod(PromptMethod):
+    vision_towers = ("vit",)  # deep vision prompts replace tokens of open_clip's VisionTransformer
     """A learned text context with deep prompts in the text and vision towers of the frozen ViT
     CLIP; logits s·f(image; vision prompts)·g(class; text prompts)ᵀ."""
 
@@ -95,7 +95,7 @@ class DeepPromptMethod(PromptMethod):
     def layers(self) -> tuple[int, int, int, int]:
         """(text layers, text width, vision layers, vision width) of the frozen CLIP."""
         v_layers, v_width = vit_dims(self.clip.visual)
-        return len(self.clip.transformer.resblocks), text_width(self.clip), v_layers, v_width
+        return len(self.backbone.text_tower.transformer.resblocks), text_width(self.clip), v_layers, v_width
 
     def to_half(self) -> None:
         """Pure fp16 as the official PREC fp16: half CLIP copy and context; `official_fp32` stay fp32."""
@@ -128,4 +128,4 @@ class DeepPromptMethod(PromptMethod):
 
     def logits(self, x, classes: ClassSet):
         f = self.prompted_image_features(x)
-        return LOGIT_SCALE * f @ self.text_features(classes).t().to(f.dtype)
+        return classes.clip_logits(f, self.text_features(classes))

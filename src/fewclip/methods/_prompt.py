@@ -165,6 +165,8 @@ class PromptMethod(Method):
 class VisualPromptMixin:
     """VPT-deep tokens on the frozen ViT."""
 
+    vision_towers = ("vit",)
+
     def setup_visual(self, task, layers: int | None = None) -> None:
         """VPT-deep tokens in the first `layers` layers (all by default; DPT: those below its CAVPT layers)."""
         require_vit(task.backbone, self.name)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from ..models.backbone import LOGIT_SCALE
 from ..models.templates import TEMPLATE_SETS
 from .base import HP, ClassSet, DataNeeds, NotApplicable
 
@@ -67,8 +66,9 @@ def cache_logits(x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, beta
     return torch.exp(-beta * (1 - x @ keys.t())) @ values
 
 
-def tip_logits(x, text, keys, values, alpha, beta) -> torch.Tensor:
-    return LOGIT_SCALE * x @ text.t() + alpha * cache_logits(x, keys, values, beta)
+def tip_logits(x, text, keys, values, alpha, beta, scale: float = 100.0, bias: float = 0.0) -> torch.Tensor:
+    """scale·x·textᵀ + bias + α·cache (scale: `ClassSet.fixed_scale`, the official `100.` on OpenAI weights)."""
+    return scale * x @ text.t() + bias + alpha * cache_logits(x, keys, values, beta)
 
 
 def class_values(values: torch.Tensor, classes: ClassSet, method: str) -> torch.Tensor:
@@ -109,7 +109,8 @@ def init_values(task, hp) -> tuple[float, float, float, float]:
 
 @torch.no_grad()
 def search_alpha_beta(x, labels, text, keys, values, beta_max: float, alpha_max: float,
-                      steps: tuple[int, int] = SEARCH_STEPS, budget: int = 2**25) -> dict:
+                      steps: tuple[int, int] = SEARCH_STEPS, budget: int = 2**25, scale: float = 100.0,
+                      bias: float = 0.0) -> dict:
     """Exhaustive grid search of (α, β) by top-1 accuracy on (x, labels).
 
     Counts correct predictions for every grid point, in chunks of rows and of α so that memory
@@ -127,7 +128,7 @@ def search_alpha_beta(x, labels, text, keys, values, beta_max: float, alpha_max:
     rows = max(1, budget // max(keys.shape[0], c * len(alphas), 1))
     for r0 in range(0, n, rows):
         xr, yr = x[r0 : r0 + rows], labels[r0 : r0 + rows]
-        clip = LOGIT_SCALE * xr @ text.t()
+        clip = scale * xr @ text.t() + bias
         one_minus_affinity = 1 - xr @ keys.t()
         for i, beta in enumerate(betas):
             cache = torch.exp(-beta * one_minus_affinity) @ values

@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.backbone import LOGIT_SCALE
 from ..models.prompts import require_vit, vit_dims
 from ._prompt import (SGD_HPARAMS, TEXT_CONTEXT_HPARAMS, VISUAL_PROMPT_HPARAMS, PromptMethod, VisualPromptMixin,
                       dpt_epochs, visual_warmup)
@@ -122,7 +121,7 @@ class VisionLanguagePrompts(VisualPromptMixin, PromptMethod):
 
     def logits(self, x, classes: ClassSet):
         f, text, _, _ = self._forward(x, classes)
-        return LOGIT_SCALE * f @ text.t().to(f.dtype)
+        return classes.clip_logits(f, text)
 
     def loss(self, batch, epoch: int):
         images, labels = batch
@@ -134,11 +133,11 @@ class VisionLanguagePrompts(VisualPromptMixin, PromptMethod):
                 zs = self.image_features(images)
         f, text, selected, aux = self._forward(images, classes, zs)
         text = text.to(f.dtype)
-        main = F.cross_entropy(LOGIT_SCALE * f @ text.t(), labels)
+        main = F.cross_entropy(classes.clip_logits(f, text), labels)
         if guided:
             hand = classes.text_features.to(f.dtype)
-            loss = (F.cross_entropy(LOGIT_SCALE * zs.to(f.dtype) @ text.t(), labels)
-                    + F.cross_entropy(LOGIT_SCALE * f @ hand.t(), labels)
+            loss = (F.cross_entropy(classes.clip_logits(zs.to(f.dtype), text), labels)
+                    + F.cross_entropy(classes.clip_logits(f, hand), labels)
                     + float(self.hp["guidance_weight"]) * main)
         else:
             loss = main

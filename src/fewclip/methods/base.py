@@ -22,6 +22,7 @@ The engine (fewclip.engine) owns data, loops, devices, checkpoints and metrics.j
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
@@ -39,22 +40,42 @@ class NotApplicable(Exception):
 
 @dataclass
 class ClassSet:
-    """The classes a classifier scores: names, hand-crafted text features, and where each sits
-    among the training classes (None when the classes were never seen in training)."""
+    """The classes a classifier scores: names, hand-crafted text features, where each sits among
+    the training classes (None when the classes were never seen in training), and the backbone's
+    own logit scale and bias (`logit_scale.exp()`, SigLIP's `logit_bias`; 100 and 0 on OpenAI's
+    CLIP). Every method's CLIP logits go through `clip_logits`, so none hard-codes CLIP's 100."""
 
     names: list[str]
     text_features: torch.Tensor  # [C, d], L2-normalised
     train_index: torch.Tensor | None = None  # [C] long
     template: str = "a photo of a {}."
+    logit_scale: float = 100.0  # the backbone's exp(logit_scale)
+    logit_bias: float = 0.0  # the backbone's logit_bias (SigLIP), 0 where it has none
+    openai_weights: bool = False  # OpenAI's released CLIP weights (see `fixed_scale`)
 
     def subset(self, index) -> "ClassSet":
         index = torch.as_tensor(index, dtype=torch.long)
         ti = None if self.train_index is None else self.train_index[index]
-        return ClassSet([self.names[i] for i in index.tolist()], self.text_features[index], ti, self.template)
+        return dataclasses.replace(self, names=[self.names[i] for i in index.tolist()],
+                                   text_features=self.text_features[index], train_index=ti)
 
     def to(self, device) -> "ClassSet":
         ti = None if self.train_index is None else self.train_index.to(device)
-        return ClassSet(self.names, self.text_features.to(device), ti, self.template)
+        return dataclasses.replace(self, text_features=self.text_features.to(device), train_index=ti)
+
+    def clip_logits(self, f: torch.Tensor, text: torch.Tensor | None = None, scale: float | None = None):
+        """scale · f @ textᵀ + bias (text: these classes' hand-crafted features by default), in f's dtype;
+        `scale` overrides the backbone's (an official recipe's fixed 100: `fixed_scale`)."""
+        text = self.text_features if text is None else text
+        s = self.logit_scale if scale is None else scale
+        out = s * f @ text.t().to(f.dtype)
+        return out + self.logit_bias if self.logit_bias else out
+
+    def fixed_scale(self, preset: str, official_value: float = 100.0) -> float:
+        """A scale an official recipe hard-codes (Tip-Adapter's `100.`, CLIP-LoRA's and GDA's 100):
+        kept under `official` on OpenAI's weights, whose learned exp(logit_scale) is that 100; on any
+        other backbone, and under `clean`, the backbone's own scale."""
+        return official_value if preset == "official" and self.openai_weights else self.logit_scale
 
 
 @dataclass(frozen=True)
@@ -159,6 +180,10 @@ class Method(nn.Module):
     # False: the result depends on neither K nor the seed (the method reads no few-shot data); the
     # grid runs one cell per (protocol, backbone, dataset) and the report uses it at every K and seed.
     uses_fewshot_sample: ClassVar[bool] = True
+    # The image towers the method can run on (`models.towers.vision_tower_kind`): "vit" (open_clip's
+    # VisionTransformer, whose token sequence visual prompts and LoRA hook into), "resnet", "timm"
+    # (SigLIP's, EVA02's towers). A cell on another tower is refused before any job (`tower_problem`).
+    vision_towers: ClassVar[tuple[str, ...]] = ("vit", "resnet", "timm")
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -173,6 +198,19 @@ class Method(nn.Module):
         self.is_half = False  # set by to_half()
 
     # --- declarations ---
+    @classmethod
+    def tower_problem(cls, model: str) -> str | None:
+        """Why the method cannot run on open_clip model `model` (its image tower), or None."""
+        from ..models.towers import VISION_KINDS, vision_tower_kind
+
+        kind = vision_tower_kind(model)
+        if kind in cls.vision_towers:
+            return None
+        return (f"method {cls.name} needs {' or '.join(VISION_KINDS[k] for k in cls.vision_towers)} as the image "
+                f"tower (it hooks into the tower's token sequence); backbone model {model} has {VISION_KINDS[kind]}. "
+                f"Run {cls.name} on a backbone with such a tower (ViT-B-16, ViT-B-32, ViT-L-14, MetaCLIP/DFN/LAION "
+                "ViT-B-16 weights) or drop it from this run")
+
     @classmethod
     def defaults_for(cls, dataset: str, shots: int, preset: str, protocol: str = "fewshot") -> dict[str, Any]:
         """Hyper-parameters that depend on the cell (epochs per shot count, per-dataset values,

@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.backbone import LOGIT_SCALE
 from . import register
 from .base import HP, ClassSet, DataNeeds, Method, train_hparams
 
@@ -62,8 +61,9 @@ class SideAdapters(nn.Module):
         self.visual = Adapter(dim, reduction) if side in ("visual", "both") else None
         self.text = Adapter(dim, reduction) if side in ("text", "both") else None
 
-    def logits(self, x, text, ratio: float):
-        return LOGIT_SCALE * residual(self.visual, x, ratio) @ residual(self.text, text, ratio).t()
+    def logits(self, x, text, ratio: float, scale: float, bias: float = 0.0):
+        """The backbone's scale (the official `logit_scale.exp()`) and bias."""
+        return scale * residual(self.visual, x, ratio) @ residual(self.text, text, ratio).t() + bias
 
 
 @register
@@ -108,11 +108,12 @@ class CLIPAdapter(Method):
         self.adapters = nn.ModuleList(SideAdapters(dim, side, int(self.hp["reduction"]))
                                       for _ in self.ratios).to(task.device)
         self.register_buffer("text", task.classes.text_features.to(task.device).float())
+        self.scale, self.bias = task.classes.logit_scale, task.classes.logit_bias
         return {"side": side}
 
     def loss(self, batch, epoch: int) -> torch.Tensor:
         x, y = batch
-        return sum(nn.functional.cross_entropy(a.logits(x, self.text, r), y) for a, r in zip(self.adapters, self.ratios))
+        return sum(nn.functional.cross_entropy(a.logits(x, self.text, r, self.scale, self.bias), y) for a, r in zip(self.adapters, self.ratios))
 
     @torch.no_grad()
     def finish(self, task) -> dict:
@@ -123,7 +124,7 @@ class CLIPAdapter(Method):
         if len(y) == 0:
             raise ConfigError("clip_adapter select_ratio needs a few-shot val split; this cell has none "
                               "(use --set select_ratio=false)")
-        accs = [100.0 * float((a.logits(x, self.text, r).argmax(-1) == y).float().mean())
+        accs = [100.0 * float((a.logits(x, self.text, r, self.scale, self.bias).argmax(-1) == y).float().mean())
                 for a, r in zip(self.adapters, self.ratios)]
         best = max(range(len(accs)), key=lambda i: (accs[i], -i))  # first best
         self.adapters = nn.ModuleList([self.adapters[best]])
@@ -132,4 +133,4 @@ class CLIPAdapter(Method):
                 "ratio_val_acc": dict(zip([str(r) for r in self.candidates()], accs))}
 
     def logits(self, x, classes: ClassSet):
-        return self.adapters[0].logits(x, classes.text_features, self.ratios[0])
+        return self.adapters[0].logits(x, classes.text_features, self.ratios[0], classes.logit_scale, classes.logit_bias)

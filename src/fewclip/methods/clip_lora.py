@@ -55,7 +55,6 @@ from torch.utils.checkpoint import checkpoint
 
 from ..constants import PRECISIONS
 from ..errors import FewclipError
-from ..models.backbone import LOGIT_SCALE
 from ..models.templates import prompt_texts
 from ..models.text_encoder import activation_bytes, eot_index, fast_path_supported, free_memory, should_recompute
 from . import register
@@ -133,6 +132,7 @@ def _plain_blocks(blocks) -> bool:
 
 @register
 class CLIPLoRA(PromptMethod):
+    vision_towers = ("vit",)  # LoRA on q, k, v of open_clip's VisionTransformer blocks
     name = "clip_lora"
     resources = {"mem_mb": 24000, "runtime": 240}  # one cell, paper GPUs (workflow scales for ImageNet)
     hparams = {
@@ -189,6 +189,7 @@ class CLIPLoRA(PromptMethod):
                 f"clip_lora puts LoRA on the attention of every transformer block of both towers; backbone "
                 f"'{task.backbone.name}' ({type(visual).__name__}) has no such blocks. Use ViT-B-16 (the official "
                 "backbone), ViT-B-32, ViT-L-14 or fewclip-tiny-vit")
+        self.scale, self.bias = task.classes.fixed_scale(task.preset), task.classes.logit_bias
         rank, alpha, p = int(self.hp["rank"]), float(self.hp["alpha"]), float(self.hp["dropout"])
 
         def towers(blocks):
@@ -251,13 +252,13 @@ class CLIPLoRA(PromptMethod):
         return feats
 
     # --- the method's math ---
-    @staticmethod
-    def scores(image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-        """100 · f·tᵀ of L2-normalised features, in fp32."""
+    def scores(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """s · f·tᵀ + bias of L2-normalised features, in fp32 (s: main.py's fixed 100 under `official`
+        on OpenAI weights, else the backbone's own scale: `ClassSet.fixed_scale`)."""
         with torch.autocast(image_features.device.type, enabled=False):
             f, t = image_features.float(), text_features.float()
             f, t = f / f.norm(dim=-1, keepdim=True), t / t.norm(dim=-1, keepdim=True)
-            return LOGIT_SCALE * f @ t.t()
+            return self.scale * f @ t.t() + self.bias
 
     def loss(self, batch, epoch: int) -> torch.Tensor:
         images, labels = batch

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.backbone import LOGIT_SCALE
 from ..models.prompts import encode_prompts, text_width
 from . import register
 from ._prompt import SGD_HPARAMS, TEXT_CONTEXT_HPARAMS, PromptMethod
@@ -61,5 +60,5 @@ class CoCoOp(PromptMethod):
             fi = f[i : i + step]
             ctx = self.prompt.ctx.unsqueeze(0) + self.meta_net(fi).unsqueeze(1)  # [B, M, w]
             t = encode_prompts(self.prompt, bank, ctx, per_image=True)  # [B, C, d]
-            out.append(LOGIT_SCALE * torch.einsum("bd,bcd->bc", fi, t.to(fi.dtype)))
+            out.append(classes.logit_scale * torch.einsum("bd,bcd->bc", fi, t.to(fi.dtype)) + classes.logit_bias)
         return torch.cat(out)

@@ -4,7 +4,6 @@ Logits s·f·g([v₁..v_M, class])ᵀ, on the frozen CLIP that `_prompt.PromptMe
 
 from __future__ import annotations
 
-from ..models.backbone import LOGIT_SCALE
 from . import register
 from ._prompt import COCOOP_BASELINE, SGD_HPARAMS, TEXT_CONTEXT_HPARAMS, PromptMethod, coop_epochs
 from .base import ClassSet, train_hparams
@@ -33,4 +32,4 @@ class CoOp(PromptMethod):
 
     def logits(self, x, classes: ClassSet):
         f = self.image_features(x)
-        return LOGIT_SCALE * f @ self.text_features(classes).t().to(f.dtype)
+        return classes.clip_logits(f, self.text_features(classes))

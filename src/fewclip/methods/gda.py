@@ -50,7 +50,6 @@ import math
 import torch
 
 from ..errors import ConfigError
-from ..models.backbone import LOGIT_SCALE
 from ..models.templates import TEMPLATE_SETS
 from . import register
 from .base import HP, ClassSet, DataNeeds, Method, NotApplicable
@@ -126,19 +125,19 @@ def linear_head(mus: torch.Tensor, precision: torch.Tensor) -> tuple[torch.Tenso
     return mp.t().contiguous(), b
 
 
-def gda_logits(x, text, W, b, alpha: float) -> torch.Tensor:
-    """100·f·Tᵀ + α·(f·W + b) (text [C, d], W [d, C])."""
-    return (LOGIT_SCALE * x) @ text.t() + alpha * (x @ W + b)
+def gda_logits(x, text, W, b, alpha: float, scale: float = 100.0, bias: float = 0.0) -> torch.Tensor:
+    """s·f·Tᵀ + bias + α·(f·W + b) (text [C, d], W [d, C]; s: `ClassSet.fixed_scale`, the official 100)."""
+    return (scale * x) @ text.t() + bias + alpha * (x @ W + b)
 
 
 @torch.no_grad()
-def search_alpha(x, y, text, W, b, alphas, default: float) -> dict:
+def search_alpha(x, y, text, W, b, alphas, default: float, scale: float = 100.0, bias: float = 0.0) -> dict:
     """The official α search: the first α with a strictly higher accuracy than the best so far
     (starting from 0 % and `default`). {"alpha", "acc", "accs" (one per α, in %)}."""
     correct = torch.zeros(len(alphas), dtype=torch.long)
     for r0 in range(0, x.shape[0], CHUNK):
         xr, yr = x[r0 : r0 + CHUNK].float(), y[r0 : r0 + CHUNK]
-        zs, g = (LOGIT_SCALE * xr) @ text.t(), xr @ W + b
+        zs, g = (scale * xr) @ text.t() + bias, xr @ W + b
         for j, a in enumerate(alphas):
             correct[j] += int(((zs + a * g).argmax(1) == yr).sum())
     accs = [100.0 * int(c) / max(len(y), 1) for c in correct]
@@ -231,6 +230,8 @@ class GDA(Method):
         self.register_buffer("b", b.to(task.device))
         self._vecs = vecs  # the unseen-class estimator's neighbours (not part of the checkpoint)
         text = task.classes.text_features.float()
+        self.preset = task.preset
+        scale, bias = task.classes.fixed_scale(task.preset), task.classes.logit_bias
         split = self.hp["search_split"]
         feats = {"fewshot_val": task.val, "full_val": task.full_val, "test": task.test}[split]
         if feats is None:
@@ -243,12 +244,12 @@ class GDA(Method):
             info.update(search_split=f"none ({split} is empty; default α kept)")
         else:
             found = search_alpha(feats.features, feats.labels, text, W, b, list(self.hp["alphas"]),
-                                 float(self.hp["default_alpha"]))
+                                 float(self.hp["default_alpha"]), scale, bias)
             alpha = found["alpha"]
             info.update(search_acc=found["acc"], search_n=int(len(feats.labels)),
                         alpha_accs={f"{a:g}": acc for a, acc in zip(self.hp["alphas"], found["accs"])})
         self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float64))
-        info["alpha"] = alpha
+        info.update(alpha=alpha, logit_scale=scale)
         return info
 
     def logits(self, x, classes: ClassSet):
@@ -264,4 +265,4 @@ class GDA(Method):
                 raise NotApplicable(f"gda: class index {int(idx.max())} is outside the {self.W.shape[1]} "
                                     "training classes")
             W, b = self.W[:, idx], self.b[idx]
-        return gda_logits(x, text, W, b, float(self.alpha))
+        return gda_logits(x, text, W, b, float(self.alpha), classes.fixed_scale(self.preset), classes.logit_bias)

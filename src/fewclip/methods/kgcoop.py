@@ -36,7 +36,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..models.backbone import LOGIT_SCALE
 from . import register
 from ._prompt import SGD_HPARAMS, TEXT_CONTEXT_HPARAMS, PromptMethod
 from .base import HP, ClassSet, train_hparams
@@ -79,7 +78,7 @@ class KgCoOp(PromptMethod):
         """The official forward_backward's quantities: logits, cos per class, score, ce, kg (= W·score), loss."""
         text = self.learned_text_features(self.train_classes)
         f = self.image_features(images)
-        logits = LOGIT_SCALE * f @ text.t().to(f.dtype)
+        logits = self.train_classes.clip_logits(f, text)
         cos = F.cosine_similarity(text, self.targets.to(text.dtype), dim=1, eps=COS_EPS)
         score = 1.0 - cos.mean()
         ce = F.cross_entropy(logits, labels)
@@ -92,4 +91,4 @@ class KgCoOp(PromptMethod):
 
     def logits(self, x, classes: ClassSet):
         f = self.image_features(x)
-        return LOGIT_SCALE * f @ self.learned_text_features(classes).t().to(f.dtype)
+        return classes.clip_logits(f, self.learned_text_features(classes))

@@ -54,7 +54,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.backbone import LOGIT_SCALE
 from . import register
 from ._deep import DEEP_HPARAMS, DeepPromptMethod, deep_prompts
 from .base import HP, train_hparams
@@ -146,7 +145,7 @@ class PromptSRC(DeepPromptMethod):
         """[C, d] the frozen CLIP's text features averaged, unnormalised, over `templates()` (fp32)."""
         model, tokenizer = self.clip, self.backbone.tokenizer
         texts = [t.replace("{}", n.replace("_", " ")) for n in names for t in templates()]
-        device = model.token_embedding.weight.device
+        device = next(model.parameters()).device
         feats = torch.cat([model.encode_text(tokenizer(texts[i : i + TEXT_BATCH]).to(device)).float()
                            for i in range(0, len(texts), TEXT_BATCH)])
         return feats.reshape(len(names), -1, feats.shape[-1]).mean(1)
@@ -172,12 +171,12 @@ class PromptSRC(DeepPromptMethod):
         """The official forward_backward's terms: ce, scl_text, scl_image, scl_logits (weighted)."""
         text = self.text_features(self.train_classes)
         f = self.prompted_image_features(images)
-        logits = LOGIT_SCALE * f @ text.t().to(f.dtype)
+        logits = self.train_classes.clip_logits(f, text)
         fixed = self.teacher[0]
         fixed = fixed / fixed.norm(dim=-1, keepdim=True)
         with torch.no_grad():
             zs = self.image_features(images)
-            zs_logits = LOGIT_SCALE * zs @ fixed.to(zs.dtype).t()
+            zs_logits = self.train_classes.clip_logits(zs, fixed)
         kl = F.kl_div(F.log_softmax(logits, dim=1), F.log_softmax(zs_logits, dim=1), reduction="sum",
                       log_target=True) / logits.numel()
         return {"ce": F.cross_entropy(logits, labels),

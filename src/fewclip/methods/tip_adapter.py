@@ -76,7 +76,9 @@ class _Cache(Method):
         self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float64, device=task.device))
         self.register_buffer("beta", torch.tensor(beta, dtype=torch.float64, device=task.device))
         self.register_buffer("text", task.classes.text_features.to(task.device).float())
-        return {"init_alpha": alpha, "init_beta": beta, "beta_max": self._beta_max, "alpha_max": self._alpha_max,
+        self.preset = task.preset
+        self.scale, self.bias = task.classes.fixed_scale(task.preset), task.classes.logit_bias
+        return {"logit_scale": self.scale, "init_alpha": alpha, "init_beta": beta, "beta_max": self._beta_max, "alpha_max": self._alpha_max,
                 "cache_size": int(keys.shape[0])}
 
     def search(self, task) -> dict:
@@ -87,7 +89,8 @@ class _Cache(Method):
         if len(y) == 0:
             return {"alpha": float(self.alpha), "beta": float(self.beta),
                     "search_split": f"none ({split} is empty; init values kept)"}
-        best = search_alpha_beta(x, y, self.text, self.keys.detach(), self.values, self._beta_max, self._alpha_max)
+        best = search_alpha_beta(x, y, self.text, self.keys.detach(), self.values, self._beta_max, self._alpha_max,
+                                 scale=self.scale, bias=self.bias)
         self.alpha.fill_(best["alpha"])
         self.beta.fill_(best["beta"])
         return {"alpha": best["alpha"], "beta": best["beta"], "search_split": split,
@@ -96,7 +99,8 @@ class _Cache(Method):
     def logits(self, x, classes: ClassSet):
         values = class_values(self.values, classes, self.name)
         x = x.to(self.keys.dtype)  # fp16 keys (pure fp16): fp16 features, as the official code
-        return tip_logits(x, classes.text_features.to(x.dtype), self.keys, values, self.alpha, self.beta)
+        return tip_logits(x, classes.text_features.to(x.dtype), self.keys, values, self.alpha, self.beta,
+                          classes.fixed_scale(self.preset), classes.logit_bias)
 
 
 @register
@@ -146,7 +150,8 @@ class TipAdapterF(_Cache):
 
     def loss(self, batch, epoch: int) -> torch.Tensor:
         x, y = batch
-        return nn.functional.cross_entropy(tip_logits(x, self.text, self.keys, self.values, self.alpha, self.beta), y)
+        logits = tip_logits(x, self.text, self.keys, self.values, self.alpha, self.beta, self.scale, self.bias)
+        return nn.functional.cross_entropy(logits, y)
 
     @torch.no_grad()
     def epoch_end(self, task, epoch: int) -> None:
@@ -156,7 +161,7 @@ class TipAdapterF(_Cache):
         if task.test is None:
             raise ConfigError("official Tip-Adapter-F selects its epoch on the test set; select_on_test must be true")
         x, y = task.test.features.to(task.device, self.keys.dtype), task.test.labels.to(task.device)
-        pred = tip_logits(x, self.text, self.keys, self.values, self.alpha, self.beta).argmax(-1)
+        pred = tip_logits(x, self.text, self.keys, self.values, self.alpha, self.beta, self.scale, self.bias).argmax(-1)
         acc = 100.0 * (pred == y).float().mean() if len(y) else torch.tensor(0.0)
         if acc > self.best_acc:
             self.best_acc.fill_(float(acc))

@@ -5,7 +5,6 @@ s·f_prompted·Wᵀ. Needs a ViT backbone."""
 
 from __future__ import annotations
 
-from ..models.backbone import LOGIT_SCALE
 from . import register
 from ._prompt import SGD_HPARAMS, VISUAL_PROMPT_HPARAMS, PromptMethod, VisualPromptMixin, coop_epochs
 from .base import ClassSet, train_hparams
@@ -31,5 +30,5 @@ class VPT(VisualPromptMixin, PromptMethod):
 
     def logits(self, x, classes: ClassSet):
         f, _ = self.prompted_features(x)
-        return LOGIT_SCALE * f @ classes.text_features.t().to(f.dtype)
+        return classes.clip_logits(f)
 

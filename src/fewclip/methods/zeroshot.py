@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..models.backbone import LOGIT_SCALE
 from ..models.templates import TEMPLATE_SETS
 from . import register
 from .base import HP, ClassSet, Method
@@ -19,4 +18,4 @@ class ZeroShot(Method):
     hparams = {"templates": HP("dataset", choices=TEMPLATE_SETS)}
 
     def logits(self, x, classes: ClassSet):
-        return LOGIT_SCALE * x @ classes.text_features.t()
+        return classes.clip_logits(x)

@@ -34,23 +34,17 @@ from torch import nn
 
 from ..errors import FewclipError
 from .text_encoder import encode_causal, encode_text_open_clip, eot_index, fast_path_supported
+from .towers import prefix_len, text_tower, word_token_count
 
 POSITIONS = ("end", "middle", "front")
 
 
 def text_width(model) -> int:
-    return int(model.ln_final.weight.shape[0])
+    return int(text_tower(model).ln_final.weight.shape[0])
 
 
 def _tokens(tokenizer, texts: list[str]) -> torch.Tensor:
     return tokenizer(texts).long()
-
-
-def _n_word_tokens(tokenizer, text: str) -> int:
-    """Number of BPE tokens of `text` (without start/end of text)."""
-    tok = _tokens(tokenizer, [text])[0]
-    eot = int(tok.argmax())
-    return eot - 1
 
 
 @dataclass
@@ -58,9 +52,9 @@ class PromptBank:
     """Frozen pieces of the prompts of one class-name list."""
 
     names: list[str]
-    tokens: torch.Tensor  # [C, L] token ids of "X .. X name." (cut after the longest EOT)
-    prefix: torch.Tensor  # [C, 1, w] start-of-text embedding
-    suffix: torch.Tensor  # [C, L-1-M, w] embeddings of "name." + EOT + padding
+    tokens: torch.Tensor  # [C, L] token ids of "X .. X name." (causal towers: cut after the longest EOT)
+    prefix: torch.Tensor  # [C, P, w] the tokens before the text (CLIP: start-of-text, P = 1; SigLIP: P = 0)
+    suffix: torch.Tensor  # [C, L-P-M, w] embeddings of "name." + EOT + padding
     name_lens: list[int]
 
 
@@ -87,8 +81,10 @@ class TextPrompts(nn.Module):
         self._model = [model]
         self._tokenizer = tokenizer
         self.position, self.csc = position, csc
+        self.n_prefix = prefix_len(tokenizer)  # where the context starts: after CLIP's SOS, at 0 for SigLIP
+        tower = self.tower
         width = text_width(model)
-        device = model.token_embedding.weight.device
+        device = tower.token_embedding.weight.device
         ctx_init = (ctx_init or "").replace("_", " ")
         if ctx_init.strip():
             if csc:
@@ -101,7 +97,7 @@ class TextPrompts(nn.Module):
             n_ctx = len(ctx_init.split(" ")) if init_tokens is None else init_tokens
             with torch.no_grad():
                 tok = _tokens(tokenizer, [ctx_init]).to(device)
-                vec = model.token_embedding(tok)[0, 1 : 1 + n_ctx].float().clone()
+                vec = tower.token_embedding(tok)[0, self.n_prefix : self.n_prefix + n_ctx].float().clone()
             self.prompt_prefix = ctx_init
         else:
             if n_ctx < 1:
@@ -119,6 +115,11 @@ class TextPrompts(nn.Module):
     def model(self):
         return self._model[0]
 
+    @property
+    def tower(self):
+        """The model's text transformer under CLIP's names (`towers.text_tower`)."""
+        return text_tower(self._model[0])
+
     def rebind(self, model) -> None:
         """Use `model` (e.g. a half copy of the frozen CLIP) from now on; its token banks are rebuilt."""
         self._model = [model]
@@ -127,16 +128,16 @@ class TextPrompts(nn.Module):
     def bank(self, names: list[str]) -> PromptBank:
         key = tuple(names)
         if key not in self._banks:
-            model = self.model
+            tower, P = self.tower, self.n_prefix
             clean = [n.replace("_", " ") for n in names]
             texts = [f"{self.prompt_prefix} {n}." for n in clean]
-            tokens = _tokens(self._tokenizer, texts).to(model.token_embedding.weight.device)
-            length = int(tokens.argmax(-1).max()) + 1 if model.attn_mask is not None else tokens.shape[1]
-            tokens = tokens[:, :length]
+            tokens = _tokens(self._tokenizer, texts).to(tower.token_embedding.weight.device)
+            if tower.attn_mask is not None and getattr(tower, "text_pool_type", "argmax") in ("argmax", "eos"):
+                tokens = tokens[:, : int(eot_index(tower, tokens).max()) + 1]  # causal: nothing after EOT matters
             with torch.no_grad():
-                emb = model.token_embedding(tokens).float()
-            name_lens = [_n_word_tokens(self._tokenizer, n) for n in clean]
-            self._banks[key] = PromptBank(list(names), tokens, emb[:, :1], emb[:, 1 + self.n_ctx :], name_lens)
+                emb = tower.token_embedding(tokens).float()
+            name_lens = [word_token_count(self._tokenizer, n) for n in clean]
+            self._banks[key] = PromptBank(list(names), tokens, emb[:, :P], emb[:, P + self.n_ctx :], name_lens)
         return self._banks[key]
 
     def embeddings(self, bank: PromptBank, ctx: torch.Tensor | None = None,
@@ -188,9 +189,10 @@ def encode_text_embeddings(model, x: torch.Tensor, tokens: torch.Tensor) -> torc
     """open_clip's `encode_text` from token embeddings x [N, L, w] (L <= context length);
     returns unnormalised features [N, d]. Each prompt is computed only up to its end-of-text
     token (text_encoder.encode_causal); models it does not cover go through open_clip itself."""
-    if FAST_TEXT and fast_path_supported(model):
-        return encode_causal(model, x, eot_index(model, tokens))[0]
-    return encode_text_open_clip(model, x, tokens)
+    tower = text_tower(model)
+    if FAST_TEXT and fast_path_supported(tower):
+        return encode_causal(tower, x, eot_index(tower, tokens))[0]
+    return encode_text_open_clip(tower, x, tokens)
 
 
 def encode_prompts(learner: TextPrompts, bank: PromptBank, ctx=None, class_index=None,
@@ -203,13 +205,13 @@ def encode_prompts(learner: TextPrompts, bank: PromptBank, ctx=None, class_index
     With the class token at the end, the prompt is [SOS, ctx, name. EOT]: [SOS, ctx] is shared by
     every class (CoOp: once; CoCoOp: once per image; CSC: only SOS) and is computed once
     (text_encoder.encode_causal). `middle`/`front` run the whole prompts, still without padding."""
-    model = learner.model
+    model, P = learner.tower, learner.n_prefix
     if deep is not None and (per_image or learner.csc or learner.position != "end"):
         raise FewclipError("deep text prompts need one shared context with the class token at the end")
     if not (FAST_TEXT and fast_path_supported(model)):
         emb = learner.embeddings(bank, ctx, class_index, per_image)
         if deep is not None:
-            feats = encode_text_open_clip(model, emb, bank.tokens, deep)
+            feats = encode_text_open_clip(model, emb, bank.tokens, deep, deep_start=P)
         elif emb.dim() == 4:
             B, C = emb.shape[:2]
             feats = encode_text_open_clip(model, emb.flatten(0, 1), bank.tokens.repeat(B, 1)).reshape(B, C, -1)
@@ -226,9 +228,9 @@ def encode_prompts(learner: TextPrompts, bank: PromptBank, ctx=None, class_index
     else:
         ctx = learner.ctx if ctx is None else ctx
         M = learner.n_ctx
-        sos = bank.prefix[:1].to(ctx.dtype)  # [1, 1, w], the same for every class
+        sos = bank.prefix[:1].to(ctx.dtype)  # [1, P, w], the same for every class
         suffix = bank.suffix.to(ctx.dtype)
-        ends = eot_index(model, bank.tokens) - 1 - M  # EOT's index in the suffix
+        ends = eot_index(model, bank.tokens) - P - M  # EOT's index in the suffix
         if per_image:  # [B, M, w]: one prefix per image
             prefix = torch.cat([sos.expand(ctx.shape[0], -1, -1), ctx], dim=1)
         elif ctx.dim() == 2:
@@ -239,7 +241,7 @@ def encode_prompts(learner: TextPrompts, bank: PromptBank, ctx=None, class_index
             elif ctx.shape[0] != len(bank.names):
                 raise FewclipError("class-specific contexts need the training index of each class")
             prefix, suffix, ends = sos, torch.cat([ctx, suffix], dim=1), ends + M
-        feats = encode_causal(model, suffix, ends, prefix, deep)
+        feats = encode_causal(model, suffix, ends, prefix, deep, deep_start=P)
         if not per_image:
             feats = feats[0]
     return feats / feats.norm(dim=-1, keepdim=True) if normalize else feats

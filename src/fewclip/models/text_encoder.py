@@ -146,23 +146,24 @@ def _project(model, pooled: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- encoders
 
 
-def replace_context(x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """x [N, L, w] with positions 1..n replaced by `tokens` [n, w] (the same for every row) or [N, n, w]."""
+def replace_context(x: torch.Tensor, tokens: torch.Tensor, start: int = 1) -> torch.Tensor:
+    """x [N, L, w] with positions start..start+n-1 replaced by `tokens` [n, w] (the same for every
+    row) or [N, n, w]; start: where the text begins (1 after CLIP's start-of-text token)."""
     tokens = tokens.to(x.dtype)
     if tokens.dim() == 2:
         tokens = tokens.unsqueeze(0).expand(x.shape[0], -1, -1)
-    return torch.cat([x[:, :1], tokens, x[:, 1 + tokens.shape[1]:]], dim=1)
+    return torch.cat([x[:, :start], tokens, x[:, start + tokens.shape[1]:]], dim=1)
 
 
 def encode_causal(model, suffix: torch.Tensor, ends, prefix: torch.Tensor | None = None,
-                  deep=None) -> torch.Tensor:
+                  deep=None, deep_start: int = 1) -> torch.Tensor:
     """Unnormalised text features [G, C, d] of the prompts [prefix[g]; suffix[c]].
 
     prefix: [G, P, w] token embeddings shared by all C prompts of group g (None: no prefix, G = 1);
     suffix: [C, S, w] token embeddings of each prompt after the prefix (the same for every group);
     ends: [C] index in `suffix` of each prompt's EOT token. Positions after a prompt's EOT are
     never computed. deep: per layer i, None or tokens [n, w] that replace the prefix's positions
-    1..n before layer i (deep text prompts; n < P)."""
+    deep_start..deep_start+n-1 before layer i (deep text prompts; they must lie in the prefix)."""
     cast = model.transformer.get_cast_dtype()
     pos = model.positional_embedding.to(cast)
     blocks = model.transformer.resblocks
@@ -181,14 +182,14 @@ def encode_causal(model, suffix: torch.Tensor, ends, prefix: torch.Tensor | None
         return checkpoint(_block, *args, use_reentrant=False) if grad and recompute else _block(*args)
 
     deep = list(deep or [])
-    if any(t is not None and t.shape[-2] >= P for t in deep):
-        raise ValueError("deep text prompts replace positions 1..n of the shared prefix: n must be below its length")
+    if any(t is not None and deep_start + t.shape[-2] > P for t in deep):
+        raise ValueError("deep text prompts replace positions of the shared prefix: they must end within it")
     past = [None] * len(blocks)
     if P:
         x = prefix.to(cast) + pos[:P]
         for i, blk in enumerate(blocks):
             if i < len(deep) and deep[i] is not None:
-                x = replace_context(x, deep[i])
+                x = replace_context(x, deep[i], deep_start)
             x, past[i] = run(blk, x)
     feats, order = [], []
     for end, idx in groups:
@@ -205,11 +206,12 @@ def encode_causal(model, suffix: torch.Tensor, ends, prefix: torch.Tensor | None
     return _project(model, pooled)
 
 
-def encode_text_open_clip(model, x: torch.Tensor, tokens: torch.Tensor, deep=None) -> torch.Tensor:
+def encode_text_open_clip(model, x: torch.Tensor, tokens: torch.Tensor, deep=None, deep_start: int = 1) -> torch.Tensor:
     """open_clip's own `encode_text` from token embeddings x [N, L, w] (every prompt padded to L,
     explicit mask); unnormalised features [N, d]. The fallback, and the reference of the tests.
-    deep: per layer i, None or tokens [n, w] replacing positions 1..n before layer i (then the
-    blocks run one by one, as the official deep-prompt transformers do)."""
+    deep: per layer i, None or tokens [n, w] replacing positions deep_start.. before layer i (then
+    the blocks run one by one, as the official deep-prompt transformers do). `model`: a text tower
+    under CLIP's names (`towers.text_tower`), causal or not, pooled where it pools."""
     from open_clip.transformer import text_global_pool
 
     cast = model.transformer.get_cast_dtype()
@@ -224,7 +226,7 @@ def encode_text_open_clip(model, x: torch.Tensor, tokens: torch.Tensor, deep=Non
         if deep is None or all(t is None for t in deep):
             x = model.transformer(x, attn_mask=mask)
         else:
-            x = _deep_transformer(model.transformer, x, mask, list(deep))
+            x = _deep_transformer(model.transformer, x, mask, list(deep), deep_start)
     finally:
         model.transformer.grad_checkpointing = before
     x = model.ln_final(x)
@@ -237,13 +239,13 @@ def encode_text_open_clip(model, x: torch.Tensor, tokens: torch.Tensor, deep=Non
     return proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
 
 
-def _deep_transformer(transformer, x: torch.Tensor, mask, deep: list) -> torch.Tensor:
-    """open_clip's `Transformer.forward` on [N, L, w], with positions 1..n replaced by deep[i]
+def _deep_transformer(transformer, x: torch.Tensor, mask, deep: list, start: int = 1) -> torch.Tensor:
+    """open_clip's `Transformer.forward` on [N, L, w], with positions start.. replaced by deep[i]
     before block i."""
     batch_first = getattr(transformer, "batch_first", True)
     for i, blk in enumerate(transformer.resblocks):
         if i < len(deep) and deep[i] is not None:
-            x = replace_context(x, deep[i])
+            x = replace_context(x, deep[i], start)
         if transformer.grad_checkpointing:
             x = checkpoint(blk, x, None, None, mask, use_reentrant=False) if batch_first else checkpoint(
                 blk, x.transpose(0, 1), None, None, mask, use_reentrant=False).transpose(0, 1)
