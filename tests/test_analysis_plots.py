@@ -149,6 +149,14 @@ def test_built_in_methods_never_share_a_colour_or_marker():
     assert plots.method_style("my_plugin")[0] in other
 
 
+@pytest.mark.parametrize("kind", ["curves", "cd"])
+def test_a_figure_of_every_built_in_method_draws(kind, drawn, tmp_path):
+    """Every built-in at once (the demo's 16): seaborn mixes no filled and line-art markers."""
+    assert all(MarkerStyle(m).is_filled() for m in plots.MARKERS)
+    _draw(kind, list(paper.METHOD_ORDER), tmp_path / "all")
+    assert set(drawn["all"]) == set(paper.METHOD_ORDER)
+
+
 def test_every_registered_built_in_has_a_fixed_style():
     """A new built-in method needs its place in paper.METHOD_ORDER (and so its own colour)."""
     from fewclip.methods import load_all
