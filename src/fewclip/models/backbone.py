@@ -31,6 +31,9 @@ def register_package_models() -> None:
     import open_clip
 
     open_clip.add_model_config(Path(str(resources.files("fewclip.models") / "model_configs")))
+    from .families import register_tiny_families
+
+    register_tiny_families()  # fewclip-tiny-{laion,metaclip,eva,siglip}: their timm towers and tokenizer path
     _registered = True
 
 
