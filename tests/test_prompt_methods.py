@@ -1,6 +1,7 @@
 """Prompt methods (CoOp, CoCoOp, VPT-deep, VLP, DPT) on the package's tiny ViT (issue 4)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from fewclip.engine.inputs import CellData, ImageInputs
 from fewclip.engine.run import RunSpec, train_config
 from fewclip.engine.train import train
 from fewclip.methods import NotApplicable, get_method, load_all, resolve_hparams
-from fewclip.models.backbone import LOGIT_SCALE, load_backbone
+from fewclip.models.backbone import load_backbone
 from fewclip.models.prompts import encode_image
 
 DATASET, SHOTS, SEED = "caltech101", 4, 1
@@ -32,6 +33,8 @@ def env(tmp_path_factory):
     write_fixture(DATASET, root, n_classes=4, n_train=4, n_val=1, n_test=3)
     ds = load_dataset(DATASET, root)
     backbone = load_backbone("fewclip-tiny-vit", "none", "cpu")
+    with torch.no_grad():  # a trained CLIP's temperature (OpenAI's exp = 100), not the 1/0.07 of a fresh init:
+        backbone.model.logit_scale.fill_(math.log(100.0))  # the methods score with the model's own scale
     spec = RunSpec(data_root=str(root), dataset=DATASET, method="coop", backbone="fewclip-tiny-vit",
                    out=str(root / "unused"), shots=SHOTS, seed=SEED, pretrained="none",
                    features=str(tmp_path_factory.mktemp("features")))
@@ -67,7 +70,7 @@ def sample_images(env, n=None):
 
 def zeroshot_logits(env, classes):
     images = sample_images(env)
-    return LOGIT_SCALE * env["backbone"].encode_images(images) @ classes.text_features.t()
+    return env["backbone"].logit_scale * env["backbone"].encode_images(images) @ classes.text_features.t()
 
 
 # ----------------------------------------------------------------------------- equalities
@@ -286,10 +289,9 @@ def test_fewclip_run_with_overrides(env, tmp_path, name):
 
 @pytest.mark.parametrize("name", ["vpt", "vlp", "dpt"])
 def test_resnet_backbone_is_a_clear_error(env, tmp_path, capsys, name):
-    with pytest.warns(UserWarning):
-        rc, out = _run(env, tmp_path, name, "epochs=1", backbone="fewclip-tiny-rn")
+    rc, out = _run(env, tmp_path, name, "epochs=1", backbone="fewclip-tiny-rn")  # refused before loading it
     err = capsys.readouterr().err
     assert rc == 2
-    assert "visual prompting needs a ViT backbone" in err and "fewclip-tiny-vit" in err
+    assert f"method {name} needs open_clip's VisionTransformer" in err and "fewclip-tiny-rn has a ModifiedResNet" in err
     assert "Traceback" not in err
     assert not (out / "metrics.json").exists()
