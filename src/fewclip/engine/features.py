@@ -15,13 +15,16 @@ features (SPEC §2.3). `Features.features` is the normalised copy every other me
 the raw one.
 
 Every file records its `source`: the weights (sha256 of a local checkpoint, or the open_clip tag
-and version), the preprocessing, the encoder precision, the data root, and a digest of the exact
+and version), the preprocessing (the model's own: input size, mean/std, interpolation, resize
+mode; store.json shows it as `preprocess`), the encoder precision, the data root, and a digest of the exact
 image list (paths and labels of every split) and of the split file. A file whose source differs
 from the current one is stale: it is recomputed (with a message saying what changed), never
 reused, so a store is never stamped with weights or data it was not computed from.
 
 Files are dicts of tensors and string lists, written atomically, read with weights_only=True.
-Reading them needs torch only: jobs that use stored features never import open_clip.
+Reading them needs torch only: jobs that use stored features never load a model. The expected
+preprocessing of fewclip's own models is read from their config files; that of open_clip's models
+from open_clip's tables (importing open_clip, creating nothing).
 """
 
 from __future__ import annotations
@@ -42,10 +45,11 @@ from ..io import atomic_path, checkpoint_sha256, sha256_file, torch_load
 
 VIEW_SEED = 0
 STORE_FORMAT = 2  # 1: normalised features without a source; 2: raw features + source
-# The preprocessing of fewclip.data.transforms (SPEC §1); the size is the model's input size.
+# The preprocessing of fewclip.data.transforms (SPEC §1), with the model's own values (its
+# `Preprocess`: input size, mean/std, interpolation, resize mode), recorded next to these.
 PREPROCESS = {
-    "test": "resize shorter side (bicubic) + center crop + CLIP mean/std",
-    "views": "RandomResizedCrop scale 0.5-1 (bicubic) + horizontal flip + CLIP mean/std",
+    "test": "the model's resize (shortest: shorter side + center crop; squash; longest + pad) + its mean/std",
+    "views": "RandomResizedCrop scale 0.5-1 (the model's interpolation) + horizontal flip + its mean/std",
     "view_seed": f"crc32(path) * 1009 + view + {VIEW_SEED}",
 }
 PRECISION = {"encoder": "fp32", "stored": "fp16 (raw, unnormalised)"}
@@ -130,14 +134,18 @@ def split_digest(dataset) -> str:
 
 
 def store_source(dataset, model: str, pretrained: str | None) -> dict:
-    """What a store of `dataset` encoded by (model, pretrained) is computed from."""
+    """What a store of `dataset` encoded by (model, pretrained) is computed from. The preprocessing
+    is the model's (`expected_preprocess`: named without loading the model, as the weights are)."""
+    from ..models.backbone import expected_preprocess
+
     try:
         open_clip_version = importlib.metadata.version("open_clip_torch")
     except importlib.metadata.PackageNotFoundError:
         open_clip_version = None
     return {
         "format": STORE_FORMAT, "model": model, "weights": weights_identity(model, pretrained),
-        "open_clip": open_clip_version, "preprocess": PREPROCESS, "precision": PRECISION,
+        "open_clip": open_clip_version, "precision": PRECISION,
+        "preprocess": {**PREPROCESS, "model": expected_preprocess(model, pretrained).as_dict()},
         "dataset": dataset.name, "data_root": str(Path(dataset.root).resolve()), "split": split_digest(dataset),
     }
 
@@ -157,7 +165,8 @@ def view_seed(view: int, i: int, item) -> int:
 def encode_items(backbone, dataset, items, transform, batch_size: int = 128, workers: int = 0,
                  desc: str = "encode", view: int | None = None) -> torch.Tensor:
     """[N, d] raw (unnormalised) image features of `items`, in order, with a progress bar.
-    `transform` is a `batched` one (fewclip.data.transforms): it ends in an 8-bit tensor."""
+    `transform` is a `batched` one (fewclip.data.transforms) of the backbone's preprocessing: it ends
+    in an 8-bit tensor, normalised per batch with the backbone's mean/std."""
     from tqdm import tqdm
 
     from ..data.images import ImageItems
@@ -166,7 +175,8 @@ def encode_items(backbone, dataset, items, transform, batch_size: int = 128, wor
     seed_of = None if view is None else functools.partial(view_seed, view)
     loader = torch.utils.data.DataLoader(
         ImageItems(dataset, items, transform, seed_of), batch_size=batch_size, num_workers=workers,
-        shuffle=False, pin_memory=backbone.device.type == "cuda", collate_fn=collate_normalized,
+        shuffle=False, pin_memory=backbone.device.type == "cuda",
+        collate_fn=functools.partial(collate_normalized, preprocess=backbone.preprocess),
     )
     out = [backbone.encode_images(images, normalize=False).cpu()
            for images, _ in tqdm(loader, desc=desc, unit="batch", leave=False)]
@@ -229,14 +239,24 @@ class FeatureStore:
 
         write_json(self.root / name, {
             "model": self.source["model"], "sha256": self.source["weights"], "dataset": self.dataset.name,
-            "source": self.source, "images_encoded": self.images_encoded, "recomputed": self.recomputed,
+            "preprocess": self.source["preprocess"]["model"], "source": self.source,
+            "images_encoded": self.images_encoded, "recomputed": self.recomputed,
             **(extra or {}),
         })
 
     @property
     def backbone(self):
+        """The backbone, loaded on first use; its preprocessing must be the one the source records
+        (what every file of this store is stamped with)."""
         if self._backbone is None:
-            self._backbone = self._backbone_fn()
+            backbone = self._backbone_fn()
+            have, want = backbone.preprocess.as_dict(), self.source["preprocess"]["model"]
+            if have != want:
+                raise FewclipError(
+                    f"backbone {self.source['model']} preprocesses images as {have}, but {want} was expected "
+                    "for it (fewclip.models.backbone.expected_preprocess); the store would be stamped with "
+                    "the wrong preprocessing, so nothing is encoded")
+            self._backbone = backbone
         return self._backbone
 
     def _encode(self, items, transform, desc, view=None):
@@ -264,7 +284,7 @@ class FeatureStore:
         path = self.root / "test.pt"
         if self._current(path) is None:
             items = self.dataset.test
-            feats = self._encode(items, test_transform(self.backbone.image_size, batched=True), f"{self.dataset.name} test")
+            feats = self._encode(items, test_transform(self.backbone.preprocess, batched=True), f"{self.dataset.name} test")
             save(path, _record(items, feats, self.source))
         return load_features(path)
 
@@ -277,7 +297,7 @@ class FeatureStore:
         have = set(old["paths"]) if old else set()
         todo = _unique([it for it in items if it.path not in have])
         if todo:
-            feats = self._encode(todo, test_transform(self.backbone.image_size, batched=True), f"{self.dataset.name} few-shot")
+            feats = self._encode(todo, test_transform(self.backbone.preprocess, batched=True), f"{self.dataset.name} few-shot")
             save(path, _merge(old, _record(todo, feats, self.source)))
         return load_features(path).select([it.path for it in items])
 
@@ -295,8 +315,8 @@ class FeatureStore:
         have = set(old["paths"]) if old else set()
         todo = _unique([it for it in items if it.path not in have])
         if todo:
-            size = self.backbone.image_size
-            feats = torch.stack([self._encode(todo, view_transform(size, batched=True), f"{self.dataset.name} view {v + 1}", v)
+            pre = self.backbone.preprocess
+            feats = torch.stack([self._encode(todo, view_transform(pre, batched=True), f"{self.dataset.name} view {v + 1}", v)
                                  for v in range(n_views)])
             save(path, _merge(old, _record(todo, feats, self.source), axis=1))
         out = load_features(path).select([it.path for it in items])

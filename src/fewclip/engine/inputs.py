@@ -5,7 +5,8 @@ training batches, from one of two input paths with the same shape.
   (stored test/few-shot features, augmented views, text features); the encoder never runs.
 - `ImageInputs` (`needs = "images"`): the backbone runs inside training, so the method sees images.
   Train batches follow Dassl (SPEC §1, official-code-facts §1.0): RandomResizedCrop (the method's
-  `crop_scale`, bicubic) + flip + CLIP normalisation, shuffled each epoch, `drop_last` when the
+  `crop_scale`, the backbone's interpolation: bicubic for CLIP) + flip + the backbone's
+  normalisation (CLIP's mean/std for CLIP), shuffled each epoch, `drop_last` when the
   few-shot set holds at least one batch (unless the method keeps every batch: `DataNeeds.drop_last`
   False). The order and every image's augmentation are drawn from
   (seed, epoch, position), so an epoch's batches are the same whether the run was resumed or not
@@ -78,12 +79,14 @@ class FeatureTask:
 
 @dataclass
 class ImageSet:
-    """Images of one split (test, or few-shot train/val): paths, labels, and loaders."""
+    """Images of one split (test, or few-shot train/val): paths, labels, and loaders, with the
+    backbone's preprocessing (`preprocess`; None: CLIP's at `image_size`)."""
 
     dataset: Dataset
     items: list[Item]
     image_size: int
     workers: int = 0
+    preprocess: Any = None  # fewclip.models.backbone.Preprocess
 
     @property
     def paths(self) -> list[str]:
@@ -98,11 +101,24 @@ class ImageSet:
 
     def loader(self, batch_size: int = EVAL_BATCH):
         """Batches of (images, labels) with the test transform, in order."""
-        from ..data.transforms import collate_normalized, test_transform
+        from ..data.transforms import test_transform
 
         return torch.utils.data.DataLoader(
-            ImageItems(self.dataset, self.items, test_transform(self.image_size, batched=True)),
-            batch_size=batch_size, shuffle=False, num_workers=self.workers, collate_fn=collate_normalized)
+            ImageItems(self.dataset, self.items, test_transform(self.transform_preprocess, batched=True)),
+            batch_size=batch_size, shuffle=False, num_workers=self.workers, collate_fn=self.collate())
+
+    @property
+    def transform_preprocess(self):
+        """What the transforms take: the `Preprocess`, or the bare input size (CLIP's preprocessing)."""
+        return self.image_size if self.preprocess is None else self.preprocess
+
+    def collate(self):
+        """The DataLoader collate of the batched transforms: normalised with the preprocessing's mean/std."""
+        from ..data import transforms
+
+        if self.preprocess is None:
+            return transforms.collate_normalized
+        return functools.partial(transforms.collate_normalized, preprocess=self.preprocess)
 
 
 @dataclass
@@ -234,10 +250,10 @@ class ImageInputs(_Inputs):
         return self._backbone
 
     def task(self, method: Method, cell: CellData, classes: ClassSet, needs: DataNeeds) -> ImageTask:
-        spec, size = self.spec, self.backbone.image_size
+        spec, size, pre = self.spec, self.backbone.image_size, self.backbone.preprocess
         return ImageTask(self.backbone, classes.to(self.device),
-                         ImageSet(cell.ds, list(cell.train), size, spec.workers),
-                         ImageSet(cell.ds, list(cell.val), size, spec.workers),
+                         ImageSet(cell.ds, list(cell.train), size, spec.workers, pre),
+                         ImageSet(cell.ds, list(cell.val), size, spec.workers, pre),
                          spec.dataset, spec.shots, spec.seed, spec.preset, method.hp, self.device,
                          get_spec(spec.dataset))
 
@@ -245,12 +261,13 @@ class ImageInputs(_Inputs):
         """`epoch -> iterable of (images, labels)` on the device: Dassl's train loader (the last
         incomplete batch is dropped when the set holds a full one), or every batch kept when the
         method's `DataNeeds.drop_last` is False (an official loader with `drop_last=False`)."""
-        from ..data.transforms import collate_normalized, train_transform
+        from ..data.transforms import train_transform
 
         items, ds = task.train.items, task.train.dataset
         batch_size = needs.batch_size
         drop_last = needs.drop_last is not False and dassl_drop_last(len(items), batch_size)
-        transform = train_transform(task.train.image_size, scale=tuple(needs.crop_scale), batched=True)
+        transform = train_transform(task.train.transform_preprocess, scale=tuple(needs.crop_scale), batched=True)
+        collate = task.train.collate()
         device, workers = self.device, self.spec.workers
 
         def batches(epoch: int):
@@ -258,7 +275,7 @@ class ImageInputs(_Inputs):
             order = torch.randperm(len(items), generator=g).tolist()
             data = ImageItems(ds, items, transform, functools.partial(train_seed, seed * 100_003 + epoch))
             loader = torch.utils.data.DataLoader(
-                data, batch_size=batch_size, sampler=order, drop_last=drop_last, collate_fn=collate_normalized,
+                data, batch_size=batch_size, sampler=order, drop_last=drop_last, collate_fn=collate,
                 num_workers=workers, pin_memory=device.type == "cuda")
             for images, labels in loader:
                 yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -270,7 +287,7 @@ class ImageInputs(_Inputs):
         if labels is not None:
             relabel = {int(old): new for new, old in enumerate(labels)}
             items = [Item(it.path, relabel[it.label], it.classname) for it in items if it.label in relabel]
-        return ImageSet(ds, items, self.backbone.image_size, self.spec.workers)
+        return ImageSet(ds, items, self.backbone.image_size, self.spec.workers, self.backbone.preprocess)
 
     def logits(self, method: Method, test: ImageSet, classes: ClassSet, precision: str = "auto") -> torch.Tensor:
         """[N, C] logits of the test images, float on the CPU: autocast as training's (none for "auto"

@@ -37,6 +37,128 @@ def register_package_models() -> None:
     _registered = True
 
 
+@dataclass(frozen=True)
+class Preprocess:
+    """A model's image preprocessing: the fields of open_clip's `preprocess_cfg` fewclip applies
+    (fewclip.data.transforms). `resize_mode`: 'shortest' (shorter side to `size` + center crop,
+    CLIP's), 'squash' (both sides to `size`, no crop, SigLIP's) or 'longest' (longer side + pad);
+    `interpolation`: 'bicubic' or 'bilinear'."""
+
+    size: int
+    mean: tuple
+    std: tuple
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+
+    def __post_init__(self):
+        from ..data.transforms import INTERPOLATIONS, RESIZE_MODES
+
+        size = self.size
+        if isinstance(size, (tuple, list)):
+            if len(set(size)) != 1:
+                raise ConfigError(f"non-square model input {tuple(size)}: fewclip's transforms make square inputs")
+            size = size[0]
+        object.__setattr__(self, "size", int(size))
+        for key in ("mean", "std"):
+            v = getattr(self, key)
+            v = tuple(float(x) for x in v) if isinstance(v, (tuple, list)) else (float(v),) * 3
+            object.__setattr__(self, key, v)
+        if self.interpolation not in INTERPOLATIONS or self.resize_mode not in RESIZE_MODES:
+            raise ConfigError(f"unsupported preprocessing: interpolation '{self.interpolation}' (known: "
+                              f"{', '.join(INTERPOLATIONS)}), resize_mode '{self.resize_mode}' (known: "
+                              f"{', '.join(RESIZE_MODES)})")
+
+    @classmethod
+    def from_cfg(cls, cfg: dict, size) -> "Preprocess":
+        """From an open_clip `preprocess_cfg` (or a pretrained tag's config); missing keys take
+        open_clip's defaults (CLIP's mean/std, bicubic, shortest)."""
+        from ..data.transforms import CLIP_MEAN, CLIP_STD
+
+        def get(key, default):
+            return default if cfg.get(key) is None else cfg[key]
+
+        return cls(size, get("mean", CLIP_MEAN), get("std", CLIP_STD), get("interpolation", "bicubic"),
+                   get("resize_mode", "shortest"))
+
+    def as_dict(self) -> dict:
+        """JSON-ready (lists, not tuples: equal after a round trip through store.json)."""
+        return {"size": self.size, "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation, "resize_mode": self.resize_mode}
+
+
+def _is_tag(pretrained: str | None) -> bool:
+    return pretrained not in (None, "", "none") and not is_local_file(pretrained)
+
+
+def _package_config(name: str) -> dict | None:
+    """A fewclip model's config file (model_configs/{name}.json) as it is, read without importing
+    open_clip: a model config, or open_clip_config.json's layout {"model_cfg", "preprocess_cfg"}
+    (fewclip.models.families); either way `preprocess_cfg` is a top-level key."""
+    import json
+
+    path = resources.files("fewclip.models") / "model_configs" / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _model_config(name: str) -> dict | None:
+    cfg = _package_config(name)
+    if cfg is None:
+        register_package_models()
+        import open_clip
+
+        cfg = open_clip.get_model_config(name)
+    return cfg
+
+
+def agreed_tag_preprocess(name: str) -> dict:
+    """The preprocessing keys (mean, std, interpolation, resize_mode) on which every pretrained tag
+    open_clip lists for model `name` agrees: what a local checkpoint of that model was most
+    likely trained with. Empty for a model without tags (fewclip's own models have none)."""
+    import open_clip
+    from open_clip.pretrained import get_pretrained_cfg
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    cfgs = [merge_preprocess_dict(PreprocessCfg(), get_pretrained_cfg(m, t))
+            for m, t in open_clip.list_pretrained() if m == name]
+    agreed = {}
+    for key in ("mean", "std", "interpolation", "resize_mode"):
+        values = {tuple(c[key]) if isinstance(c[key], (tuple, list)) else c[key] for c in cfgs}
+        if len(values) == 1:
+            agreed[key] = cfgs[0][key]
+    return agreed
+
+
+def preprocess_override(name: str, pretrained: str | None, model_cfg: dict | None = None) -> dict | None:
+    """The `force_preprocess_cfg` load_backbone hands open_clip. None for a pretrained tag (open_clip
+    applies the tag's own). For a random init or a local file, where open_clip would fall back to
+    OpenAI's defaults: the model config's own `preprocess_cfg` key, else (a local file) what all
+    of open_clip's tags of the model agree on (`agreed_tag_preprocess`), else None (the defaults)."""
+    if _is_tag(pretrained):
+        return None
+    cfg = model_cfg if model_cfg is not None else (_model_config(name) or {})
+    if cfg.get("preprocess_cfg"):
+        return dict(cfg["preprocess_cfg"])
+    if pretrained not in (None, "", "none") and _package_config(name) is None:
+        return agreed_tag_preprocess(name) or None
+    return None
+
+
+def expected_preprocess(name: str, pretrained: str | None) -> Preprocess:
+    """What `load_backbone(name, pretrained).preprocess` gives, without creating the model (and,
+    for fewclip's own models, without importing open_clip): the feature store records it before
+    it loads anything. A tag's preprocessing needs open_clip's table; a local file need not exist."""
+    cfg = _model_config(name)
+    if cfg is None:
+        raise ConfigError(f"unknown backbone '{name}' (no open_clip or fewclip model config of that name)")
+    size = cfg.get("model_cfg", cfg).get("vision_cfg", {}).get("image_size", 224)
+    if _is_tag(pretrained):
+        from open_clip.pretrained import get_pretrained_cfg
+
+        return Preprocess.from_cfg(get_pretrained_cfg(name, pretrained), size)  # open_clip: the tower's size
+    forced = preprocess_override(name, pretrained, cfg) or {}
+    return Preprocess.from_cfg(forced, forced.get("size") or size)
+
+
 @dataclass
 class Backbone:
     model: torch.nn.Module  # open_clip CLIP
@@ -58,6 +180,13 @@ class Backbone:
     @property
     def embed_dim(self) -> int:
         return int(self.model.visual.output_dim)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """The model's own preprocessing: `model.visual.preprocess_cfg`, which open_clip sets on every
+        model it creates (CLIP's values for a model without one)."""
+        cfg = getattr(self.model.visual, "preprocess_cfg", None) or {}
+        return Preprocess.from_cfg(cfg, cfg.get("size") or self.image_size)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
@@ -118,7 +247,8 @@ def load_backbone(name: str, pretrained: str = "openai", device: str | torch.dev
     if pretrained in ("none", "", None):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(INIT_SEED)
-            model = open_clip.create_model(name, pretrained=None, device="cpu")
+            model = open_clip.create_model(name, pretrained=None, device="cpu",
+                                           force_preprocess_cfg=preprocess_override(name, "none"))
         sha = f"random-init-seed{INIT_SEED}"
         pretrained = "none"
     elif is_local_file(pretrained):
@@ -128,7 +258,8 @@ def load_backbone(name: str, pretrained: str = "openai", device: str | torch.dev
         try:
             with torch.random.fork_rng(devices=[]):  # the random init before the weights: not the caller's stream
                 model = open_clip.create_model(
-                    name, pretrained=str(path), device="cpu", force_quick_gelu=needs_quick_gelu(name, str(path))
+                    name, pretrained=str(path), device="cpu", force_quick_gelu=needs_quick_gelu(name, str(path)),
+                    force_preprocess_cfg=preprocess_override(name, str(path)),
                 )
         except RuntimeError as err:
             raise FewclipError(

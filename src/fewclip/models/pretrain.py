@@ -16,8 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.transforms import CLIP_MEAN, CLIP_STD
-
 MODEL = "fewclip-micro-vit"
 STEPS = 400
 BATCH_SIZE = 128
@@ -27,12 +25,13 @@ WARMUP = 25
 THREADS = 2  # fixed, so the bytes do not depend on the core count (the rule declares 2 threads)
 
 
-def _to_tensor(images: np.ndarray):
+def _to_tensor(images: np.ndarray, preprocess):
+    """uint8 [N, H, W, 3] -> model input, normalised with the model's mean/std (`preprocess`)."""
     import torch
 
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(preprocess.mean).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
@@ -52,11 +51,13 @@ def pretrain_micro_clip(out, seed: int = 0, steps: int = STEPS, batch_size: int 
     import torch.nn.functional as F
 
     from ..io import atomic_path
-    from .backbone import register_package_models
+    from .backbone import expected_preprocess, register_package_models
 
     register_package_models()
     import open_clip
 
+    # the preprocessing load_backbone gives the checkpoint (a local file) when it is evaluated
+    preprocess = expected_preprocess(model_name, str(Path(out).resolve()))
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
@@ -71,7 +72,7 @@ def pretrain_micro_clip(out, seed: int = 0, steps: int = STEPS, batch_size: int 
             model = open_clip.create_model(model_name, pretrained=None, device="cpu")
             tokenizer = open_clip.get_tokenizer(model_name)
             tokens = tokenizer(captions)
-            pixels = _to_tensor(images)
+            pixels = _to_tensor(images, preprocess)
             decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
             rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
             opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
@@ -131,7 +132,7 @@ def zero_shot_accuracy(backbone, data_root, dataset: str) -> float:
     from ..data.images import load_image
     from ..data.transforms import test_transform
     ds = load_dataset(dataset, data_root)
-    tf = test_transform(backbone.image_size)
+    tf = test_transform(backbone.preprocess)
     weights = backbone.encode_text([ds.template.format(name) for name in ds.classnames])
     correct = 0
     for i in range(0, len(ds.test), 256):
