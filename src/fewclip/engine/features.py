@@ -278,6 +278,19 @@ class FeatureStore:
             save(path, obj)
         return obj["templates"][template_set].float()
 
+    def logit_head(self) -> dict:
+        """The backbone's own logit scale and bias (and whether it holds OpenAI's weights), kept in
+        text.pt beside the text features: feature-level methods score with them without loading
+        the model. {"scale", "bias", "openai_weights"}."""
+        path = self.root / "text.pt"
+        obj = self._current(path) or {"classnames": list(self.dataset.classnames), "templates": {},
+                                      "source": self.source}
+        if "logit_head" not in obj:
+            bb = self.backbone
+            obj["logit_head"] = {"scale": bb.logit_scale, "bias": bb.logit_bias, "openai_weights": bb.openai_weights}
+            save(path, obj)
+        return obj["logit_head"]
+
     def test(self) -> Features:
         from ..data.transforms import test_transform
 

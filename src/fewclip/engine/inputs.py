@@ -156,8 +156,10 @@ class _Inputs:
 
     def classes(self, ds: Dataset, template_set: str, labels=None) -> ClassSet:
         """Hand-crafted text features of the classes (from the feature store's text.pt)."""
-        text = self.store(ds).text(template_set)
-        cs = ClassSet(list(ds.classnames), text, torch.arange(len(ds.classnames)), ds.template)
+        store = self.store(ds)
+        text, head = store.text(template_set), store.logit_head()
+        cs = ClassSet(list(ds.classnames), text, torch.arange(len(ds.classnames)), ds.template,
+                      logit_scale=head["scale"], logit_bias=head["bias"], openai_weights=head["openai_weights"])
         return cs if labels is None else cs.subset(labels)
 
 

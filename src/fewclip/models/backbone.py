@@ -174,12 +174,16 @@ class Backbone:
         return size[0] if isinstance(size, (tuple, list)) else int(size)
 
     @property
-    def is_vit(self) -> bool:
-        return hasattr(self.model.visual, "transformer")
-
-    @property
     def embed_dim(self) -> int:
-        return int(self.model.visual.output_dim)
+        """The joint embedding's width (open_clip's VisionTransformer and ResNet say it; a timm tower
+        does not, so it is read from the text projection, which maps into the same space)."""
+        dim = getattr(self.model.visual, "output_dim", None)
+        if dim is not None:
+            return int(dim)
+        proj = self.text_tower.text_projection
+        if proj is None:
+            return int(self.text_tower.ln_final.weight.shape[0])
+        return int(proj.out_features if isinstance(proj, torch.nn.Linear) else proj.shape[1])
 
     @property
     def preprocess(self) -> Preprocess:
@@ -187,6 +191,29 @@ class Backbone:
         model it creates (CLIP's values for a model without one)."""
         cfg = getattr(self.model.visual, "preprocess_cfg", None) or {}
         return Preprocess.from_cfg(cfg, cfg.get("size") or self.image_size)
+
+    @property
+    def logit_scale(self) -> float:
+        """The model's own learned temperature, exp(logit_scale) (100 on OpenAI's CLIP)."""
+        return float(self.model.logit_scale.detach().float().exp())
+
+    @property
+    def logit_bias(self) -> float:
+        """SigLIP's learned bias, added after scaling; 0 for models without one."""
+        bias = getattr(self.model, "logit_bias", None)
+        return 0.0 if bias is None else float(bias.detach().float())
+
+    @property
+    def openai_weights(self) -> bool:
+        """OpenAI's released weights: the `openai` tag, or a local file of an OpenAI architecture."""
+        return self.pretrained == "openai" or (is_local_file(self.pretrained) and needs_quick_gelu(self.name, self.pretrained))
+
+    @property
+    def text_tower(self):
+        """The text transformer's parts under CLIP's attribute names (`towers.text_tower`)."""
+        from .towers import text_tower
+
+        return text_tower(self.model)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
