@@ -12,6 +12,7 @@ from fewclip.engine.run import RunSpec, run_cell
 from fewclip.errors import ConfigError, FewclipError
 from fewclip.methods import ClassSet, get_method, resolve_hparams
 from fewclip.models.backbone import load_backbone
+from fewclip.models.towers import vision_tower_kind
 
 TINY = "fewclip-tiny-vit"
 
@@ -21,8 +22,8 @@ def test_random_init_is_deterministic_and_tiny_models_are_registered():
     b = load_backbone(TINY, "none")
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(a.encode_images(x), b.encode_images(x))
-    assert a.sha256 == "random-init-seed0" and a.is_vit and a.image_size == 32
-    assert not load_backbone("fewclip-tiny-rn", "none").is_vit
+    assert a.sha256 == "random-init-seed0" and a.image_size == 32
+    assert vision_tower_kind(TINY) == "vit" and vision_tower_kind("fewclip-tiny-rn") == "resnet"
 
 
 def test_local_checkpoint_gives_the_same_features(tmp_path):

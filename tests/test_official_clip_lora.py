@@ -62,7 +62,7 @@ def build(vit, r, hp=None, load=True, template="{} texture."):
     classes = ClassSet(names, class_text_features(vit, names, "dataset", template), torch.arange(len(names)),
                        template)
     method = get_method("clip_lora")(hp or hparams())
-    method.setup(SimpleNamespace(backbone=vit, device=CPU, classes=classes))
+    method.setup(SimpleNamespace(backbone=vit, device=CPU, classes=classes, preset=method.hp.get("preset", "clean")))
     if load:
         method.load_state_dict({ours(k): v for k, v in r["params"].items()}, strict=True)
     return method, classes
