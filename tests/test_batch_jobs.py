@@ -133,9 +133,10 @@ def _planned(config: dict) -> dict:
 
 
 def test_the_demo_runs_each_cell_once_in_one_job_per_protocol_dataset_and_side(tmp_path):
-    """The demo's dry run: 14 batched fit jobs (7 (protocol, dataset) pairs × image/feature side),
-    and together they run every planned cell exactly once, with its planned digest: zero-shot
-    (its result depends on neither K nor the seed) once per (protocol, dataset), 511 cells in all."""
+    """The demo's dry run: 17 batched fit jobs (7 (protocol, dataset) pairs × image/feature side;
+    the few-shot image runs split by their own K: 1/4/16 shots, and KgCoOp's 4), and together they
+    run every planned cell exactly once, with its planned digest: zero-shot (its result depends on
+    neither K nor the seed) once per (protocol, dataset), 598 cells in all."""
     from fewclip.plan import check_config, read_config
 
     demo = check_config(read_config([], workdir=REPO))
@@ -145,10 +146,11 @@ def test_the_demo_runs_each_cell_once_in_one_job_per_protocol_dataset_and_side(t
     assert rc == 0, out[-4000:]
     stats = job_stats(out)
     batch = {r: n for r, n in stats.items() if r.startswith("fit_batch")}
-    assert sum(batch.values()) == 14 and set(batch) == {
-        f"fit_batch_{p}_micro_{side}" for p in ("fewshot", "base2new", "dg") for side in ("images", "features")}
+    assert sum(batch.values()) == 17 and set(batch) == {
+        f"fit_batch_{p}_micro_{side}" for p in ("base2new", "dg") for side in ("images", "features")} | {
+        "fit_batch_fewshot_micro_features", "fit_batch_fewshot_micro_images_k1_4_16", "fit_batch_fewshot_micro_images_k4"}
     ran = _batched_cells(out, image_methods())
-    assert ran == _planned(demo) and len(ran) == 511  # 561 with zero-shot at every K and seed
+    assert ran == _planned(demo) and len(ran) == 598  # 648 with zero-shot at every K and seed
     once = sorted((p, d, k, s) for p, _, d, m, k, s in ran if m == "zeroshot")
     assert once == [("base2new", d, 16, 1) for d in ("demo_scenes", "demo_shapes", "demo_textures")] + [
         ("dg", "demo_shapes", 16, 1)] + [("fewshot", d, 1, 1) for d in ("demo_scenes", "demo_shapes", "demo_textures")]
