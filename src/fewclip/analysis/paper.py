@@ -28,6 +28,7 @@ METHOD_KEYS = {
     "KgCoOp": "kgcoop",
     "MaPLe": "maple",
     "MaPLe (5 ep)": "maple",  # MaPLe's README base-to-novel row: its official 5-epoch recipe
+    "PromptSRC": "promptsrc",
 }
 
 # Published dataset name → normalised dataset key (see `norm_dataset`), where plain
