@@ -103,6 +103,10 @@ def _package_config(name: str) -> dict | None:
 def _model_config(name: str) -> dict | None:
     cfg = _package_config(name)
     if cfg is None:
+        from .towers import model_config
+
+        cfg = model_config(name)  # open_clip's own config file, read without importing open_clip
+    if cfg is None:
         register_package_models()
         import open_clip
 

@@ -75,14 +75,36 @@ def word_token_count(tokenizer, text: str) -> int:
 
 
 @functools.lru_cache(maxsize=None)
+def model_config(model_name: str) -> dict | None:
+    """The model config of `model_name` as open_clip reads it, from fewclip's model_configs folder or
+    open_clip's, without importing open_clip (planning a grid stays free of its import); None when
+    neither folder has it (an hf-hub model: open_clip resolves it itself)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("open_clip")
+    folders = [Path(__file__).resolve().parent / "model_configs"]
+    folders += [Path(p) / "model_configs" for p in (spec.submodule_search_locations or [])] if spec else []
+    for folder in folders:
+        path = folder / f"{model_name}.json"
+        if path.is_file():
+            cfg = json.loads(path.read_text())
+            return cfg.get("model_cfg", cfg)  # fewclip.models.families' {"model_cfg", "preprocess_cfg"} layout
+    return None
+
+
+@functools.lru_cache(maxsize=None)
 def vision_tower_kind(model_name: str) -> str:
     """"vit", "resnet" or "timm", from open_clip's model config of `model_name` (no weights)."""
-    from .backbone import register_package_models
+    cfg = model_config(model_name)
+    if cfg is None:
+        from .backbone import register_package_models
 
-    register_package_models()
-    import open_clip
+        register_package_models()
+        import open_clip
 
-    cfg = open_clip.get_model_config(model_name)
+        cfg = open_clip.get_model_config(model_name)
     if cfg is None:
         raise FewclipError(f"unknown open_clip model '{model_name}'")
     vision = cfg.get("vision_cfg", {})
