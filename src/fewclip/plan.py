@@ -16,7 +16,6 @@ Needs the method registry (torch), never open_clip, a model or data.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,13 +154,9 @@ def validate_schema(config: dict) -> dict:
 
 def known_models() -> set[str]:
     """open_clip's model names and fewclip's, read from their model_configs folders (no import)."""
-    names = set()
-    spec = importlib.util.find_spec("open_clip")
-    folders = [Path(p) / "model_configs" for p in (spec.submodule_search_locations or [])] if spec else []
-    folders.append(Path(__file__).resolve().parent / "models" / "model_configs")
-    for folder in folders:
-        names |= {p.stem for p in folder.glob("*.json")}
-    return names
+    from .models.towers import config_folders
+
+    return {p.stem for folder in config_folders() for p in folder.glob("*.json")}
 
 
 def check_config(config: dict) -> dict:

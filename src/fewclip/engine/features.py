@@ -282,6 +282,8 @@ class FeatureStore:
         """The backbone's own logit scale and bias (and whether it holds OpenAI's weights), kept in
         text.pt beside the text features: feature-level methods score with them without loading
         the model. {"scale", "bias", "openai_weights"}."""
+        if getattr(self, "_logit_head", None) is not None:  # read once per store: every ClassSet asks
+            return self._logit_head
         path = self.root / "text.pt"
         obj = self._current(path) or {"classnames": list(self.dataset.classnames), "templates": {},
                                       "source": self.source}
@@ -289,7 +291,8 @@ class FeatureStore:
             bb = self.backbone
             obj["logit_head"] = {"scale": bb.logit_scale, "bias": bb.logit_bias, "openai_weights": bb.openai_weights}
             save(path, obj)
-        return obj["logit_head"]
+        self._logit_head = obj["logit_head"]
+        return self._logit_head
 
     def test(self) -> Features:
         from ..data.transforms import test_transform

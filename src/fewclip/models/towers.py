@@ -74,19 +74,24 @@ def word_token_count(tokenizer, text: str) -> int:
     raise FewclipError(f"tokenizer {type(tokenizer).__name__} has no encode(): cannot count the tokens of a word")
 
 
+def config_folders() -> list:
+    """fewclip's model_configs folder and open_clip's, found without importing open_clip."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("open_clip")
+    folders = [Path(__file__).resolve().parent / "model_configs"]
+    return folders + ([Path(p) / "model_configs" for p in (spec.submodule_search_locations or [])] if spec else [])
+
+
 @functools.lru_cache(maxsize=None)
 def model_config(model_name: str) -> dict | None:
     """The model config of `model_name` as open_clip reads it, from fewclip's model_configs folder or
     open_clip's, without importing open_clip (planning a grid stays free of its import); None when
     neither folder has it (an hf-hub model: open_clip resolves it itself)."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    spec = importlib.util.find_spec("open_clip")
-    folders = [Path(__file__).resolve().parent / "model_configs"]
-    folders += [Path(p) / "model_configs" for p in (spec.submodule_search_locations or [])] if spec else []
-    for folder in folders:
+    for folder in config_folders():
         path = folder / f"{model_name}.json"
         if path.is_file():
             cfg = json.loads(path.read_text())
