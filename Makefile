@@ -14,6 +14,7 @@ setup: $(VENV)/.installed
 # still cannot install, the error is printed and pip installs instead.
 INSTALLER ?= uv
 PACKAGES := "torch==2.14.1" "torchvision==0.29.1" -e ".[workflow,test]"
+# UV_NATIVE_TLS: the same setting under its name in older uv releases
 export UV_SYSTEM_CERTS := 1
 export UV_NATIVE_TLS := 1
 

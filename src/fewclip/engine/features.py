@@ -214,6 +214,7 @@ class FeatureStore:
                  model: str, pretrained: str | None):
         self.root, self.dataset, self._backbone_fn = Path(root), dataset, backbone
         self._backbone = None
+        self._logit_head = None  # text.pt's logit head, read once per store: every ClassSet asks
         self.workers, self.batch_size = workers, batch_size
         self.images_encoded = 0  # image-encoder calls made through this store (per image)
         self.source = store_source(dataset, model, pretrained)
@@ -282,7 +283,7 @@ class FeatureStore:
         """The backbone's own logit scale and bias (and whether it holds OpenAI's weights), kept in
         text.pt beside the text features: feature-level methods score with them without loading
         the model. {"scale", "bias", "openai_weights"}."""
-        if getattr(self, "_logit_head", None) is not None:  # read once per store: every ClassSet asks
+        if self._logit_head is not None:
             return self._logit_head
         path = self.root / "text.pt"
         obj = self._current(path) or {"classnames": list(self.dataset.classnames), "templates": {},
